@@ -1,0 +1,1 @@
+"""mfsi: Multiagent Finetuning (Subramaniam et al., ICLR 2025), reimplemented."""

@@ -1,0 +1,152 @@
+"""Structured configs: the schema every composed Hydra config is checked against.
+
+Hydra merges conf/*.yaml into these dataclasses, so a misspelt key (`agentz=3`) or a
+wrong type (`agents=three`) fails at start-up. Range checks that a type cannot express
+live in `validate`, which the entry point calls before doing any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from mfsi.errors import ConfigError
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"  # arithmetic | gsm | math
+    n_train: int = 500  # questions to finetune on (paper: 500)
+    n_eval: int = 500  # different, held-out questions to evaluate on (paper: 500)
+    path: str | None = None  # local data (file or directory); None = HF hub
+    hf_id: str | None = None  # dataset id used when path is None and the hub is reachable
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # MATH difficulty filter
+    seed: int = "${seed}"  # type: ignore[assignment]  # splits are a function of the seed
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    path: str = "models/tiny-arith"  # HF id or local folder (relative: to cwd, then repo root)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    quantization: str = "none"  # none | nf4 | int8
+    chat_template: str | None = None  # jinja file; None = the tokenizer's own
+    context_length: int = 2048  # prompt + new tokens must fit
+    trust_remote_code: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: str = "multiagent_ft"
+    # which finetuning data is selected: none | multiagent | single_agent | majority | star
+    selection: str = "multiagent"
+    train_critics: bool = True  # false = "without critics" ablation
+    shared: bool = False  # one generator/critic pair plays every agent (single-agent FT)
+
+
+@dataclass
+class DebateConfig:
+    rounds: int = 2
+    summarize: bool = True  # summarise the other agents (base model) or concatenate them
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = 1.0
+    top_p: float = 0.9
+    max_new_tokens: int = 1024
+    batch_size: int = 32
+    mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "all-linear"  # or a comma-separated list of module names
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    precision: str = "auto"  # auto = bf16-mixed where supported, else 32-true
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = "previous"  # previous | base: where each iteration's adapters start
+    critic_weight: float = 0.5  # w: share of corrected (C-) conversations in critic data
+    lr: float = 2e-4
+    epochs: int = 2
+    batch_size: int = 8
+    accumulate: int = 1
+    warmup_ratio: float = 0.03
+    max_length: int = 2048
+    gradient_checkpointing: bool = True
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    project: str = "mfsi"
+    entity: str | None = None
+    group: str = "${name}"
+    mode: str | None = None  # online | offline | disabled; None = offline without an API key
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    debate: DebateConfig = field(default_factory=DebateConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    agents: int = 3
+    iterations: int = 2
+    seed: int = 0
+    name: str = "${task.name}-${method.name}"  # W&B group and run-name prefix
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore (conf/config.yaml lists it first)."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+CHOICES = {
+    "task.name": ("arithmetic", "gsm", "math"),
+    "model.quantization": ("none", "nf4", "int8"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
+    "finetune.init": ("previous", "base"),
+    "logger.name": ("wandb", "none"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values a type cannot rule out, naming the key and what is expected."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    checks = [
+        ("agents", cfg.agents >= 1, "an integer >= 1"),
+        ("debate.rounds", cfg.debate.rounds >= 1, "an integer >= 1"),
+        ("iterations", cfg.iterations >= 0, "an integer >= 0"),
+        ("task.n_train", cfg.task.n_train >= 0, "an integer >= 0"),
+        ("task.n_eval", cfg.task.n_eval >= 1, "an integer >= 1"),
+        ("finetune.critic_weight", 0 <= cfg.finetune.critic_weight <= 1, "a number in [0, 1]"),
+        ("generation.temperature", cfg.generation.temperature >= 0, "a number >= 0"),
+        ("generation.top_p", 0 < cfg.generation.top_p <= 1, "a number in (0, 1]"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {expected}")
