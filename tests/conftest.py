@@ -1,0 +1,27 @@
+"""Shared fixtures. Nothing here touches the network: models are built from scratch."""
+
+import logging
+import os
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from mfsi.charlm import build_tokenizer, llama_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised char-level Llama (hidden 32, 2 layers) saved in HF format."""
+    path = tmp_path_factory.mktemp("tiny-random")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(len(tokenizer), hidden=32, layers=2, heads=2, ffn=64))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
