@@ -42,6 +42,10 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", e)
         if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)
+            for parent in run_dir.parents:  # and the folders made for it, if now empty
+                if parent == Path.cwd() or any(parent.iterdir()):
+                    break
+                parent.rmdir()
         sys.exit(2)
 
 

@@ -279,8 +279,9 @@ def load_task(cfg: Any) -> Task:
     """Build the configured task with its train/eval splits. Accepts cfg.task or cfg."""
     cfg = cfg.task if "task" in cfg else cfg
     if cfg.name == "arithmetic":
+        # Generation order is already random: eval first, so n_train never changes it.
         pool = _arithmetic_pool(cfg.n_train + cfg.n_eval, cfg.seed)
-        return Arithmetic(_draw({"all": pool}, cfg.n_train, cfg.n_eval, cfg.seed))
+        return Arithmetic({"eval": pool[: cfg.n_eval], "train": pool[cfg.n_eval :]})
     if cfg.name not in ("gsm", "math"):
         raise DataError(f"unknown task {cfg.name!r}: expected arithmetic, gsm or math")
     raw = _local_parts(_resolve(cfg.path)) if cfg.path else _hub_parts(cfg)

@@ -1,0 +1,159 @@
+"""The task layer: splits, loaders for the official formats, prompts, and bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mfsi.errors import DataError
+from mfsi.tasks import load_task
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def task_cfg(**overrides):
+    base = {
+        "name": "arithmetic",
+        "n_train": 20,
+        "n_eval": 10,
+        "path": None,
+        "hf_id": None,
+        "levels": [1, 2, 3],
+        "seed": 0,
+    }
+    return OmegaConf.create({**base, **overrides})
+
+
+def ids(task, split):
+    return [p.id for p in task.split(split)]
+
+
+def test_arithmetic_splits_are_disjoint_sized_and_seeded():
+    task = load_task(task_cfg())
+    train, held_out = task.split("train"), task.split("eval")
+    assert (len(train), len(held_out)) == (20, 10)
+    assert not set(ids(task, "train")) & set(ids(task, "eval"))
+    assert ids(load_task(task_cfg()), "train") == ids(task, "train")
+    assert ids(load_task(task_cfg(seed=1)), "train") != ids(task, "train")
+
+
+def test_eval_set_does_not_depend_on_n_train():
+    assert ids(load_task(task_cfg(n_train=5)), "eval") == ids(load_task(task_cfg(n_train=50)), "eval")
+
+
+def test_arithmetic_problems_follow_the_paper_and_gold_is_the_value():
+    for problem in load_task(task_cfg(n_train=200)).split("train"):
+        a, b, c, d, e, f = map(int, problem.question.replace("*", "+").replace("-", "+").split("+"))
+        assert all(0 <= x <= 29 for x in (a, b, c, d, e, f))
+        assert problem.question == f"{a}+{b}*{c}+{d}-{e}*{f}"
+        assert int(problem.answer) == a + b * c + d - e * f
+
+
+def test_unknown_split_name():
+    with pytest.raises(ValueError, match="unknown split"):
+        load_task(task_cfg()).split("test")
+
+
+def test_load_task_accepts_the_whole_config():
+    whole = OmegaConf.create({"task": task_cfg(), "agents": 3})
+    assert ids(load_task(whole), "eval") == ids(load_task(task_cfg()), "eval")
+
+
+def test_gsm_from_official_jsonl_folder():
+    task = load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm"), n_train=10, n_eval=6))
+    train, held_out = task.split("train"), task.split("eval")
+    assert {p.id.split("/")[0] for p in train} == {"train"}
+    assert {p.id.split("/")[0] for p in held_out} == {"test"}
+    assert {"34", "1245", "-7", "150"} <= {p.answer for p in train}  # "#### 1,245" -> "1245"
+    assert "1600" in {p.answer for p in held_out}
+    assert task.is_correct(task.extract_answer(r"so \boxed{1,600}"), "1600")
+
+
+def test_gsm_single_file_is_split_disjointly():
+    task = load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm" / "train.jsonl"), n_train=6, n_eval=4))
+    assert len(task.split("train")) == 6 and len(task.split("eval")) == 4
+    assert not set(ids(task, "train")) & set(ids(task, "eval"))
+
+
+def test_math_directory_layout_with_level_filter():
+    task = load_task(task_cfg(name="math", path=str(FIXTURES / "math"), n_train=5, n_eval=4))
+    train = {p.id: p.answer for p in task.split("train")}
+    assert set(train) == {
+        "train/algebra/1",
+        "train/algebra/2",
+        "train/algebra/3",
+        "train/geometry/5",
+        "train/geometry/6",
+    }
+    assert train["train/algebra/2"] == r"\frac{5}{6}" and train["train/geometry/5"] == "25"
+    assert "test/number_theory/12" not in ids(task, "eval")  # "Level ?" is not in 1-3
+    assert task.is_correct(task.extract_answer(r"\boxed{\dfrac{10}{12}}"), train["train/algebra/2"])
+
+
+def test_math_all_levels_and_jsonl():
+    task = load_task(
+        task_cfg(name="math", path=str(FIXTURES / "math.jsonl"), levels=[1, 2, 3, 4, 5], n_train=7, n_eval=4)
+    )
+    assert len(task.split("train")) + len(task.split("eval")) == 11
+
+
+def test_prompts_ask_for_boxed_answers_and_show_other_agents():
+    task = load_task(task_cfg())
+    problem = task.split("eval")[0]
+    [message] = task.prompt(problem)
+    assert message["role"] == "user" and problem.question in message["content"]
+    assert r"\boxed{answer}" in message["content"]
+    follow_up = task.debate_prompt(["first answer", "second answer"])
+    assert "first answer" in follow_up["content"] and "second answer" in follow_up["content"]
+    request = task.summary_request(problem, ["x is 3"])[0]["content"]
+    assert "x is 3" in request and problem.question in request
+    assert "the summary" in task.summary_prompt("the summary")["content"]
+    assert problem.answer in task.hint_prompt(problem)[0]["content"]
+
+
+# --- bad input: a clear message, nothing loaded ---------------------------------------
+def test_missing_path():
+    with pytest.raises(DataError, match="does not exist"):
+        load_task(task_cfg(name="gsm", path="/no/such/dir"))
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    shutil.copy(FIXTURES / "gsm" / "train.jsonl", tmp_path / "train.jsonl")
+    with open(tmp_path / "train.jsonl", "a") as f:
+        f.write('{"question": "broken", "answer": \n')
+    with pytest.raises(DataError, match=r"train\.jsonl:11: not valid JSON"):
+        load_task(task_cfg(name="gsm", path=str(tmp_path)))
+
+
+def test_gsm_answer_without_hashes(tmp_path):
+    (tmp_path / "data.jsonl").write_text(json.dumps({"question": "q", "answer": "42"}) + "\n")
+    with pytest.raises(DataError, match=r"data\.jsonl:1: answer does not end in '#### <number>'"):
+        load_task(task_cfg(name="gsm", path=str(tmp_path / "data.jsonl")))
+
+
+def test_math_file_missing_solution(tmp_path):
+    shutil.copytree(FIXTURES / "math", tmp_path / "math")
+    bad = tmp_path / "math" / "train" / "algebra" / "1.json"
+    bad.write_text(json.dumps({"problem": "p", "level": "Level 1", "type": "Algebra"}))
+    with pytest.raises(DataError, match=r"1\.json: missing or non-text field\(s\) solution"):
+        load_task(task_cfg(name="math", path=str(tmp_path / "math")))
+
+
+def test_not_enough_questions():
+    with pytest.raises(DataError, match="n_eval = 50 but the test data has only 6"):
+        load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm"), n_eval=50))
+    with pytest.raises(DataError, match="n_train \\+ task.n_eval = 30 but only 10"):
+        load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm" / "train.jsonl"), n_train=20))
+
+
+def test_unknown_task():
+    with pytest.raises(DataError, match="unknown task 'chess'"):
+        load_task(task_cfg(name="chess"))
+
+
+def test_offline_without_path_says_how_to_provide_data(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="task.path="):
+        load_task(task_cfg(name="math", hf_id="EleutherAI/hendrycks_math"))
