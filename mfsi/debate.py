@@ -1,0 +1,96 @@
+"""Batched multiagent debate (Du et al. 2023, with summarisation), one record per question.
+
+    records = run_debate(task, problems, backend, roles(3, False, society.adapters),
+                         rounds=2, summarize=True, seed=0)
+
+Round 1: agent n's generator answers the question. Round m > 1: its critic answers again,
+seeing its own conversation so far plus one user message holding the other agents'
+round m-1 responses, summarised by the base model (adapter None) or concatenated. Every
+agent of a round sees a snapshot of the previous round, never a same-round answer (the
+official code updates agents in place and leaks). Each round is one batched backend call
+over all questions x agents, plus one call for the summaries.
+
+A record: {"id", "question", "gold", "responses"[m][n], "answers"[m][n] (parsed or None),
+"majorities"[m], "majority" (= majorities[-1]), "correct", "conversations"[n]}.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from mfsi.chat import Message
+from mfsi.tasks import BOXED, Problem, Task
+from mfsi.voting import majority
+
+# A lone agent has no one to debate with: it is asked to check its own answer instead.
+REFLECT: Message = {
+    "role": "user",
+    "content": f"Can you double-check that your answer is correct? Give your final answer again. {BOXED}",
+}
+
+
+def seed_for(*parts) -> int:
+    """A stable seed from parts such as (run seed, iteration, split): same inputs, same seed."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def followups(
+    task: Task, problems: list[Problem], previous: list[list[str]], backend, summarize: bool, seed: int
+):
+    """The round m>1 user message for each (question, agent), from round m-1's responses."""
+    others = [[[r for k, r in enumerate(prev) if k != n] for n in range(len(prev))] for prev in previous]
+    if not summarize or len(previous[0]) < 2:  # nothing to condense with fewer than 2 others
+        return [[task.debate_prompt(o) if o else REFLECT for o in per_q] for per_q in others]
+    requests = [(None, task.summary_request(p, o)) for p, per_q in zip(problems, others) for o in per_q]
+    summaries = iter(backend.generate(requests, seed=seed, desc="summaries"))
+    return [[task.summary_prompt(next(summaries)) for _ in per_q] for per_q in others]
+
+
+def run_debate(
+    task: Task,
+    problems: list[Problem],
+    backend,
+    roles: list[tuple[str | None, str | None]],
+    rounds: int,
+    summarize: bool,
+    seed: int,
+) -> list[dict]:
+    """Debate every problem with len(roles) agents for `rounds` rounds; see the module doc."""
+    agents = len(roles)
+    conversations = [[task.prompt(p) for _ in range(agents)] for p in problems]  # [q][n]
+    responses: list[list[list[str]]] = [[] for _ in problems]  # [q][m][n]
+    for m in range(rounds):
+        if m > 0:
+            previous = [r[m - 1] for r in responses]  # the snapshot every agent of round m sees
+            asks = followups(
+                task, problems, previous, backend, summarize, seed=seed_for(seed, m, "summaries")
+            )
+            conversations = [[c + [a] for c, a in zip(cs, ask)] for cs, ask in zip(conversations, asks)]
+        role = 0 if m == 0 else 1  # generator answers round 1, critic the rest
+        requests = [(roles[n][role], c) for cs in conversations for n, c in enumerate(cs)]
+        texts = backend.generate(requests, seed=seed_for(seed, m), desc=f"debate round {m + 1}/{rounds}")
+        for q in range(len(problems)):
+            answered = texts[q * agents : (q + 1) * agents]
+            responses[q].append(answered)
+            conversations[q] = [
+                c + [{"role": "assistant", "content": t}] for c, t in zip(conversations[q], answered)
+            ]
+    return [record(task, p, r, c, seed) for p, r, c in zip(problems, responses, conversations)]
+
+
+def record(task: Task, problem: Problem, responses: list[list[str]], conversations, seed: int) -> dict:
+    """Parse every response, vote at every round, grade the final majority."""
+    answers = [[task.extract_answer(t) for t in per_round] for per_round in responses]
+    key = f"{seed}/{problem.id}"
+    majorities = [majority(a, task.equivalent, key=f"{key}/{m}") for m, a in enumerate(answers)]
+    return {
+        "id": problem.id,
+        "question": problem.question,
+        "gold": problem.answer,
+        "responses": responses,
+        "answers": answers,
+        "majorities": majorities,
+        "majority": majorities[-1],
+        "correct": task.is_correct(majorities[-1], problem.answer),
+        "conversations": conversations,
+    }

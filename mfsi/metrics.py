@@ -1,0 +1,51 @@
+"""Evaluation metrics from debate records (mfsi.debate): pure functions, data in, dict out.
+
+    m = debate_metrics(records, task)   # accuracy, stderr, accuracy_by_round, ...
+
+Every question counts: a question whose majority is None (no agent parsed) is wrong, so
+the denominator is always all questions (the official code drops them and inflates).
+"""
+
+from __future__ import annotations
+
+import math
+
+from mfsi.tasks import Task
+
+
+def stderr(p: float, n: int) -> float:
+    """Standard error of an accuracy p over n questions."""
+    return math.sqrt(p * (1 - p) / n) if n else 0.0
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def debate_metrics(records: list[dict], task: Task) -> dict:
+    """Accuracy of the final majority and its stderr, accuracy of the majority at each round,
+    each agent's final-round accuracy, consensus (mean share of agents whose final answer
+    agrees with the majority; 0 for a question without majority) and the share of
+    final-round answers that did not parse."""
+    n = len(records)
+    accuracy = mean(task.is_correct(r["majority"], r["gold"]) for r in records)
+    rounds = len(records[0]["majorities"]) if records else 0
+    agents = len(records[0]["answers"][0]) if records else 0
+    finals = [r["answers"][-1] for r in records]
+    return {
+        "n": n,
+        "accuracy": accuracy,
+        "stderr": stderr(accuracy, n),
+        "accuracy_by_round": [
+            mean(task.is_correct(r["majorities"][m], r["gold"]) for r in records) for m in range(rounds)
+        ],
+        "agent_accuracy": [
+            mean(task.is_correct(f[k], r["gold"]) for f, r in zip(finals, records)) for k in range(agents)
+        ],
+        "consensus": mean(
+            mean(None not in (a, r["majority"]) and task.equivalent(a, r["majority"]) for a in f)
+            for f, r in zip(finals, records)
+        ),
+        "parse_failure_rate": mean(a is None for f in finals for a in f),
+    }

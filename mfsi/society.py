@@ -1,0 +1,177 @@
+"""The agent society: one base model, loaded once, plus 2N LoRA adapters.
+
+    model, tokenizer = load_base(cfg.model)
+    society = Society(model, tokenizer)
+    society.add("gen0", cfg.finetune.lora)            # fresh adapter
+    society.load("critic0", run_dir / "iter_1/adapters/critic0")
+    society.save("gen0", run_dir / "iter_1/adapters/gen0")
+    roles(3, shared=False, trained=society.adapters)  # [(gen or None, critic or None)] * 3
+
+Agent n's generator is `gen{n}` and its critic `critic{n}`. An adapter that does not exist
+yet (iteration 0, or critics in the "without critics" ablation) is played by the bare base
+model, which also writes the debate summaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Collection
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from mfsi.errors import ConfigError
+
+# Before peft imports bitsandbytes, which warns about an optional CPU kernel package.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve(path: str) -> Path | None:
+    """A local folder for path (cwd first, then the repository root), or None for a hub id."""
+    given = Path(os.path.expanduser(path))
+    for candidate in (given, ROOT / given) if not given.is_absolute() else (given,):
+        if candidate.exists():
+            return candidate
+    # "org/name" may be a hub id; anything else that looks like a path must exist locally.
+    looks_local = given.is_absolute() or path.startswith((".", "~")) or len(given.parts) != 2
+    if looks_local or (ROOT / given.parts[0]).is_dir() or Path(given.parts[0]).is_dir():
+        raise ConfigError(
+            f"model.path={path!r}: no such folder (looked in {Path.cwd()} and {ROOT}); "
+            "expected a local Hugging Face model folder or a hub id like org/name"
+        )
+    return None
+
+
+def load_base(cfg) -> tuple[torch.nn.Module, object]:
+    """The base model (eval mode) and its tokenizer (left padding, a pad token, a chat template)."""
+    local = resolve(cfg.path)
+    source = str(local) if local else cfg.path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, padding_side="left", trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:  # not cached with HF_HUB_OFFLINE=1, no network, unknown id
+        raise ConfigError(
+            f"model.path={cfg.path!r}: not a local folder and could not be loaded from the "
+            f"Hugging Face hub ({str(e).splitlines()[0]}); download it first or pass a local folder"
+        ) from None
+    tokenizer.padding_side = "left"  # some tokenizers ignore the argument
+    if tokenizer.pad_token is None:  # Llama-3, Mistral: pad with eos (masked out anyway)
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.chat_template:
+        template = resolve(cfg.chat_template)
+        if template is None or not template.is_file():
+            raise ConfigError(f"model.chat_template={cfg.chat_template!r}: no such file")
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            f"model.path={cfg.path!r}: the tokenizer has no chat template; set "
+            "model.chat_template=<a jinja file>"
+        )
+    dtype = DTYPES[cfg.dtype]
+    quantization = {
+        "none": None,
+        "nf4": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        ),
+        "int8": BitsAndBytesConfig(load_in_8bit=True),
+    }[cfg.quantization]
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=dtype,
+        quantization_config=quantization,
+        device_map={"": 0} if cuda and quantization else None,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if cuda and quantization is None:
+        model = model.cuda()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    log.info("loaded %s (%s, quantization %s) on %s", source, cfg.dtype, cfg.quantization, model.device)
+    return model.eval(), tokenizer
+
+
+def lora_config(cfg, init: bool | str = True) -> LoraConfig:
+    """PEFT LoraConfig from cfg.finetune.lora; init=False gives random (non-zero) B for tests."""
+    targets = cfg.target_modules
+    if targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        init_lora_weights=init,
+    )
+
+
+class Society:
+    """One base model shared by every agent; adapters are named gen{n} / critic{n}."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer):
+        self.model, self.tokenizer = model, tokenizer  # model becomes a PeftModel on first add
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
+
+    def add(self, name: str, lora_cfg, init: bool | str = True) -> None:
+        """A fresh adapter (LoRA B = 0 by default: it starts as the base model)."""
+        config = lora_config(lora_cfg, init)
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        self.model.eval()
+
+    def load(self, name: str, folder: Path) -> None:
+        """Adapter weights from a PEFT folder (trainable, so training can continue from them)."""
+        if not (Path(folder) / "adapter_config.json").is_file():
+            raise ConfigError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
+        if name in self.adapters:
+            self.model.delete_adapter(name)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(folder), adapter_name=name, is_trainable=True)
+        else:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(folder), adapter_name=name, is_trainable=True
+            )
+        self.model.eval()
+
+    def save(self, name: str, folder: Path) -> None:
+        """Write one adapter to folder, atomically (a temp folder renamed into place)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+            self.model.save_pretrained(tmp, selected_adapters=[name])  # lands in tmp/name/
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(Path(tmp) / name, folder)
+
+
+def roles(agents: int, shared: bool, trained: Collection[str]) -> list[tuple[str | None, str | None]]:
+    """(generator, critic) adapter per agent; None (the base model) where none is trained.
+
+    shared=True: every agent plays gen0/critic0 (single-agent finetuning).
+    """
+    if agents < 1:
+        raise ConfigError(f"agents={agents}: expected an integer >= 1")
+    pairs = []
+    for n in range(agents):
+        k = 0 if shared else n
+        pairs.append(tuple(a if a in trained else None for a in (f"gen{k}", f"critic{k}")))
+    return pairs
