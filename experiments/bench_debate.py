@@ -1,0 +1,130 @@
+"""Benchmark: mfsi's batched debate against the official code's one-request-at-a-time loop.
+
+    python -m experiments.bench_debate --model models/tiny-arith --questions 64 --agents 3 \
+        --rounds 2 --out results.json
+
+Both runs debate the same arithmetic questions with the same model, agents, rounds,
+max_new_tokens and sampling settings, in this process: (a) run_debate with HFBackend,
+batched over questions x agents; (b) the official pattern: one question at a time, one
+agent at a time, batch size 1. Prints generated tokens/s of each, the speed-up, and the
+peak resident memory of each run (VmHWM, reset between runs where Linux allows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from mfsi.config import GenerationConfig, ModelConfig, TaskConfig
+from mfsi.debate import run_debate
+from mfsi.generation import HFBackend
+from mfsi.society import load_base, roles
+from mfsi.tasks import load_task
+
+
+class OneAtATime:
+    """The official pattern: every request alone, batch size 1."""
+
+    def __init__(self, backend: HFBackend):
+        self.backend = backend
+
+    def generate(self, requests, seed: int, desc: str = "") -> list[str]:
+        return [self.backend.generate([r], seed=seed + i)[0] for i, r in enumerate(requests)]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (VmHWM), else since process start."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def bench(name: str, debate) -> dict:
+    reset_peak()
+    start = time.perf_counter()
+    backend = debate()
+    seconds = time.perf_counter() - start
+    tokens = backend.stats.new_tokens
+    result = {
+        "seconds": seconds,
+        "new_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    rate, peak = result["tokens_per_s"], result["peak_rss_mb"]
+    print(f"{name:>9}: {tokens} tokens in {seconds:.1f} s = {rate:.0f} tok/s, peak RSS {peak:.0f} MB")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="models/tiny-arith")
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--context-length", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", default="results.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=args.model)))
+    task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=args.questions, seed=0)))
+    problems = task.split("eval")
+    gen = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, temperature=args.temperature
+    )
+    agents = roles(args.agents, shared=False, trained=())
+
+    def debate(cfg: GenerationConfig, one_at_a_time: bool):
+        def go() -> HFBackend:
+            backend = HFBackend(
+                model, tokenizer, OmegaConf.structured(cfg), context_length=args.context_length
+            )
+            if one_at_a_time:  # the official loop: question by question, agent by agent
+                for problem in problems:
+                    run_debate(task, [problem], OneAtATime(backend), agents, args.rounds, False, seed=0)
+            else:
+                run_debate(task, problems, backend, agents, args.rounds, False, seed=0)
+            return backend
+
+        return go
+
+    batched = bench("batched", debate(gen, one_at_a_time=False))
+    single = bench("official", debate(replace(gen, batch_size=1), one_at_a_time=True))
+    speedup = batched["tokens_per_s"] / single["tokens_per_s"]
+    print(f"speed-up (tokens/s, batched / official): {speedup:.1f}x")
+    results = {
+        "config": vars(args),
+        "torch_threads": torch.get_num_threads(),
+        "batched": batched,
+        "official": single,
+        "speedup": speedup,
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
