@@ -1,0 +1,75 @@
+"""Model loading, adapters and roles of the agent society (random tiny model, no hub)."""
+
+import shutil
+
+import huggingface_hub.constants
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mfsi.charlm import CHAT_TEMPLATE
+from mfsi.config import LoraConfig, ModelConfig
+from mfsi.errors import ConfigError
+from mfsi.society import Society, load_base, roles
+
+LORA = OmegaConf.structured(LoraConfig(r=4, alpha=8, dropout=0.0))
+
+
+def model_cfg(path, **kw):
+    return OmegaConf.structured(ModelConfig(path=str(path), **kw))
+
+
+def test_base_model_loads_with_left_padding_pad_token_and_template(tiny_model_dir):
+    model, tokenizer = load_base(model_cfg(tiny_model_dir))
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert tokenizer.chat_template and not model.training
+
+
+def test_nf4_quantization_loads_on_cpu(tiny_model_dir):
+    model, _ = load_base(model_cfg(tiny_model_dir, quantization="nf4"))
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+
+
+def test_missing_template_unknown_folder_and_unreachable_hub_are_clear(tiny_model_dir, tmp_path, monkeypatch):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink()
+    with pytest.raises(ConfigError, match="no chat template"):
+        load_base(model_cfg(bare))
+    (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
+    _, tokenizer = load_base(model_cfg(bare, chat_template=str(tmp_path / "t.jinja")))
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_base(model_cfg(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_base(model_cfg("models/no-such-model"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="hub"):
+        load_base(model_cfg("nobody-xyz/no-such-model"))
+
+
+def test_adapters_save_and_load_round_trip(tiny_model_dir, tmp_path):
+    society = Society(*load_base(model_cfg(tiny_model_dir)))
+    for name in ("gen0", "critic0"):
+        society.add(name, LORA, init=False)  # random B: the adapter changes the model
+    society.save("critic0", tmp_path / "critic0")
+    assert (tmp_path / "critic0" / "adapter_config.json").is_file()
+    saved = {k: v.clone() for k, v in society.model.state_dict().items() if ".critic0." in k}
+
+    fresh = Society(*load_base(model_cfg(tiny_model_dir)))
+    fresh.load("critic0", tmp_path / "critic0")
+    assert fresh.adapters == ["critic0"]
+    loaded = fresh.model.state_dict()
+    assert saved and all(torch.equal(v, loaded[k]) for k, v in saved.items())
+    with pytest.raises(ConfigError, match="adapter_config.json"):
+        fresh.load("gen0", tmp_path)
+
+
+def test_roles_fall_back_to_the_base_model_and_share_for_single_agent():
+    assert roles(2, shared=False, trained=()) == [(None, None), (None, None)]
+    trained = ["gen0", "gen1", "critic0", "critic1"]
+    assert roles(2, shared=False, trained=trained) == [("gen0", "critic0"), ("gen1", "critic1")]
+    assert roles(3, shared=True, trained=trained) == [("gen0", "critic0")] * 3
+    assert roles(2, shared=False, trained=["gen0", "gen1"]) == [("gen0", None), ("gen1", None)]  # no critics
+    with pytest.raises(ConfigError, match="agents=0"):
+        roles(0, shared=False, trained=())
