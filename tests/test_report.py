@@ -1,0 +1,127 @@
+"""The report on synthetic run directories: exact cells, missing and partial runs, all files."""
+
+import json
+import sys
+
+import yaml
+
+from mfsi import report
+from mfsi.report import build_report
+
+FILES = [
+    "table1.md",
+    "table2.md",
+    "accuracy_by_iteration.png",
+    "diversity_by_iteration.png",
+    "accuracy_by_round.png",
+    "report.md",
+]
+
+
+def make_run(root, name, method, task, accuracies, model="phi3", stderr=0.01, iterations=None, **extra):
+    """A run directory as the loop writes it: config.yaml and metrics.jsonl (plus a train row)."""
+    path = root / name
+    path.mkdir(parents=True)
+    iterations = len(accuracies) - 1 if iterations is None else iterations
+    config = {"task": {"name": task}, "model": {"name": model}, "method": {"name": method}}
+    (path / "config.yaml").write_text(yaml.safe_dump({**config, "iterations": iterations, "agents": 3}))
+    rows = [{"iteration": 0, "split": "train", "accuracy": 0.0}]  # must be ignored
+    for i, accuracy in enumerate(accuracies):
+        rows.append(
+            {
+                "iteration": i,
+                "split": "eval",
+                "method": method,
+                "task": task,
+                "model": model,
+                "agents": 3,
+                "rounds": 2,
+                "n": 500,
+                "accuracy": accuracy,
+                "stderr": stderr,
+                "accuracy_by_round": [accuracy - 0.05, accuracy],
+                "agent_accuracy": [accuracy] * 3,
+                "consensus": 0.8,
+                "parse_failure_rate": 0.0,
+                "variant": extra.get("variant", method),
+                "embedding_dissimilarity": 0.3 - 0.01 * i,
+                "likelihood_diversity": 1.5,
+                "kl_divergence": 0.1 * i,
+                "kl_from_base": None,  # not computed
+                **extra,
+            }
+        )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def lines_of(path):
+    return path.read_text().splitlines()
+
+
+def test_tables_cells_and_files(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "base-arith", "base", "arithmetic", [0.883], stderr=0.0144)
+    make_run(runs, "debate-arith", "debate", "arithmetic", [0.962], stderr=0.0086)  # iteration 0 only
+    make_run(runs, "ours-arith", "multiagent_ft", "arithmetic", [0.9, 0.95, 0.994], stderr=0.0035)
+    make_run(runs, "sweep/0_seed=0", "multiagent_ft", "gsm", [0.7, 0.80])  # two seeds: mean ± sem
+    make_run(runs, "sweep/1_seed=1", "multiagent_ft", "gsm", [0.7, 0.90])
+    make_run(runs, "sweep/2_seed=2", "multiagent_ft", "gsm", [0.1], iterations=1)  # unfinished: ignored
+    make_run(runs, "ours-math", "multiagent_ft", "math", [0.5, 0.55], iterations=3)  # only unfinished
+    make_run(runs, "no-summary", "multiagent_ft", "math", [0.5, 0.52], variant="no_summary")
+    make_run(runs, "single", "single_agent_ft", "math", [0.5, 0.568, 0.56], stderr=0.0222)
+    make_run(runs, "five", "multiagent_ft", "math", [0.5, 0.6], variant="agents5")
+    make_run(runs, "mistral-debate", "debate", "gsm", [0.526], model="mistral", stderr=0.0223)
+    del_key = tmp_path / "runs" / "no-summary" / "metrics.jsonl"  # a missing diversity key
+    rows = [json.loads(line) for line in del_key.read_text().splitlines()]
+    del_key.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "kl_divergence"}) + "\n" for r in rows)
+    )
+
+    result = build_report([runs], tmp_path / "out")
+
+    out = tmp_path / "out"
+    assert len(result["runs"]) == 11
+    assert [p.name for p in result["files"]] == FILES
+    assert all((out / name).stat().st_size > 0 for name in FILES)
+    table1 = lines_of(out / "table1.md")
+    assert "| model | method | arithmetic | gsm | math |" in table1
+    assert "| mistral | Base | – | – | – |" in table1  # each model lists every method
+    assert "|  | Debate | – | 52.60 ± 2.23 | – |" in table1
+    assert "| phi3 | Base | 88.30 ± 1.44 | – | – |" in table1
+    assert "|  | Debate | 96.20 ± 0.86 | – | – |" in table1
+    assert "|  | STaR | – | – | – |" in table1
+    assert "|  | Multiagent FT (ours) | 99.40 ± 0.35 | 85.00 ± 5.00 (2 runs) | 55.00 ± 1.00 * |" in table1
+    assert table1.index("| mistral | Base | – | – | – |") < table1.index(
+        "| phi3 | Base | 88.30 ± 1.44 | – | – |"
+    )
+    table2 = lines_of(out / "table2.md")
+    assert "## math" in table2 and "## gsm" not in table2  # no ablation ran on gsm
+    assert "| variant | phi3 |" in table2
+    assert "| multiagent FT | 55.00 ± 1.00 * |" in table2
+    assert "| without summary | 52.00 ± 1.00 |" in table2
+    assert "| without critics | – |" in table2
+    assert "| single-agent FT | 56.00 ± 2.22 |" in table2
+    assert "| agents5 | 60.00 ± 1.00 |" in table2
+    page = (out / "report.md").read_text()
+    assert "![accuracy_by_iteration](accuracy_by_iteration.png)" in page
+    assert "### math" in page and "| 99.40 ± 0.35 |" in page
+
+
+def test_no_runs_still_writes_every_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(sys, "argv", ["mfsi.report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    report.main()
+    assert "0 runs" in capsys.readouterr().out
+    assert all((tmp_path / "out" / name).exists() for name in FILES)
+    assert "No runs of these methods." in (tmp_path / "out" / "table1.md").read_text()
+    assert "No ablation runs." in (tmp_path / "out" / "table2.md").read_text()
+
+
+def test_latest_row_of_an_iteration_wins_and_runs_without_config_count_as_finished(tmp_path):
+    make_run(tmp_path, "r", "star", "gsm", [0.5, 0.6])
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text(metrics.read_text() + json.dumps({**rows[-1], "accuracy": 0.7}) + "\n")  # re-logged
+    (tmp_path / "r" / "config.yaml").unlink()
+    build_report([tmp_path], tmp_path / "out")
+    assert "|  | STaR | – | 70.00 ± 1.00 | – |" in lines_of(tmp_path / "out" / "table1.md")
