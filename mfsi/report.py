@@ -102,7 +102,10 @@ def cell(runs: list[Run]) -> str:
     if not used:
         return MISSING
     if len({(r.last["agents"], r.last["rounds"]) for r in used}) > 1:
-        log.warning("%s: runs with different agents/rounds share a cell; label them with a variant", used)
+        log.warning(
+            "runs with different agents/rounds share a cell (label them with a variant): %s",
+            [str(r.path) for r in used],
+        )
     accuracy, error = mean_error([r.last["accuracy"] for r in used], [r.last["stderr"] for r in used])
     text = f"{100 * accuracy:.2f} ± {100 * error:.2f}"
     if len(used) > 1:
