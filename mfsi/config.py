@@ -86,6 +86,8 @@ class FinetuneConfig:
     batch_size: int = 8
     accumulate: int = 1
     warmup_ratio: float = 0.03
+    weight_decay: float = 0.0  # AdamW's; LoRA weights start near zero, so none by default
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
     max_length: int = 2048
     gradient_checkpointing: bool = True
     lora: LoraConfig = field(default_factory=LoraConfig)

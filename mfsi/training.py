@@ -1,0 +1,222 @@
+"""Finetune ONE LoRA adapter of the society on its examples, with PyTorch Lightning.
+
+    from mfsi.training import train_adapter
+    result = train_adapter(model, tokenizer, "critic1", examples, cfg.finetune, seed=0)
+    result["losses"]  # mean training loss of each optimizer step
+    result["n_examples"], result["n_skipped_too_long"], result["steps"]
+
+`model` is a PeftModel over a (possibly 4-bit) base holding the adapters gen{n}/critic{n};
+`examples` come from mfsi.selection. Only the named adapter's parameters require grad
+and reach the optimizer, so the base and every other adapter stay bit-identical. The
+model's active adapter, requires_grad flags, train/eval mode and gradient-checkpointing
+state are restored afterwards, so generation can continue on the same object.
+
+Choices:
+- Conversations are tokenised with mfsi.chat.render, the function generation uses. The
+  loss covers the assistant tokens (incl. the end token) of assistant turns numbered
+  >= loss_from_turn; a critic example (loss_from_turn=1) does not learn the generator's
+  round-1 answer.
+- An example longer than finetune.max_length tokens is skipped, counted and logged:
+  cutting it would drop the final answer, the part the data was selected for.
+- precision "auto": bf16-mixed on a GPU with bf16, else 32-true. The trained adapter's
+  weights are kept in fp32 whatever the base dtype (AdamW updates in half precision
+  lose small steps).
+- A 4-bit base needs no peft.prepare_model_for_kbit_training here: its work (freezing
+  the base, input grads for checkpointing) is done below, and its fp32 re-cast of every
+  non-quantised weight would change the base and the other adapters.
+- Schedule: AdamW, linear warmup over ceil(warmup_ratio * steps) steps, cosine decay to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mfsi.chat import render
+from mfsi.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label of tokens without loss (the cross-entropy ignore_index)
+
+
+def encode(tokenizer, example: dict) -> dict[str, list[int]]:
+    """input_ids and labels: the token itself on assistant turns >= loss_from_turn, else -100."""
+    rendered = render(tokenizer, example["messages"], train=True)
+    ids, mask = rendered["input_ids"], rendered["assistant_masks"]
+    turn, labels = -1, []
+    for i, (token, is_assistant) in enumerate(zip(ids, mask)):
+        if is_assistant and (i == 0 or not mask[i - 1]):  # a new run of assistant tokens
+            turn += 1
+        labels.append(token if is_assistant and turn >= example["loss_from_turn"] else IGNORE)
+    if turn < example["loss_from_turn"]:
+        raise DataError(
+            f"example {example['id']!r}: no assistant tokens to learn from; the chat template must "
+            "mark assistant turns with {% generation %} ... {% endgeneration %}"
+        )
+    return {"input_ids": ids, "labels": labels}
+
+
+def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: pad tokens are masked out of attention and loss."""
+    width = max(len(b["input_ids"]) for b in batch)
+
+    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+        return torch.tensor([row + [value] * (width - len(row)) for row in rows])
+
+    return {
+        "input_ids": pad([b["input_ids"] for b in batch], pad_id),
+        "attention_mask": pad([[1] * len(b["input_ids"]) for b in batch], 0),
+        "labels": pad([b["labels"] for b in batch], IGNORE),
+    }
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear up to 1 over `warmup` steps, then cosine down to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class AdapterModule(pl.LightningModule):
+    """Causal-LM loss on the model's trainable parameters (set by `only_adapter_trainable`)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, warmup_ratio: float):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        self.step_losses: list[float] = []
+        self._pending: list[torch.Tensor] = []  # micro-batch losses of the current optimizer step
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self._pending.append(loss.detach())
+        self.log("loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.step_losses.append(torch.stack(self._pending).mean().item())
+        self._pending.clear()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        schedule = partial(warmup_cosine, warmup=math.ceil(self.warmup_ratio * total), total=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@contextmanager
+def only_adapter_trainable(model, adapter: str, checkpointing: bool) -> Iterator[None]:
+    """Make `adapter` active and the only trainable part of the PeftModel; restore on exit."""
+    if adapter not in getattr(model, "peft_config", {}):
+        raise ValueError(f"model has no LoRA adapter {adapter!r}")
+    active, was_training = model.active_adapter, model.training
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.set_adapter(adapter)
+    model.train()  # from_pretrained gives eval mode, and Lightning keeps submodules' modes
+    for name, p in model.named_parameters():
+        p.requires_grad = adapter in name.split(".")  # PEFT names them ...lora_A.<adapter>.weight
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    checkpointing = checkpointing and getattr(model, "supports_gradient_checkpointing", False)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
+    try:
+        yield
+    finally:
+        if checkpointing:
+            model.disable_input_require_grads()
+            model.activation_checkpointing_disable()
+        model.set_adapter(active)
+        for name, p in model.named_parameters():
+            p.requires_grad = flags[name]
+        model.train(was_training)
+
+
+def resolve_precision(trainer_cfg: Any) -> str:
+    """'auto' -> bf16-mixed on a GPU with bf16, else 32-true; anything else as given."""
+    if trainer_cfg.precision != "auto":
+        return trainer_cfg.precision
+    gpu = trainer_cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def train_adapter(
+    model,
+    tokenizer,
+    adapter: str,
+    examples: list[dict],
+    cfg: Any,
+    seed: int,
+    log_dir: str | None = None,
+    logger: Any = None,
+) -> dict[str, Any]:
+    """Finetune `adapter` on `examples` with cfg = cfg.finetune; returns losses and counts.
+
+    n_examples counts the examples trained on (after skipping the over-long ones).
+    log_dir is Lightning's root directory (a temporary one by default); nothing else is
+    written there unless a Lightning `logger` is given.
+    """
+    encoded = [encode(tokenizer, e) for e in examples]
+    kept = [e for e in encoded if len(e["input_ids"]) <= cfg.max_length]
+    skipped = len(encoded) - len(kept)
+    if skipped:
+        log.warning(
+            "%s: skipped %d of %d examples longer than finetune.max_length=%d tokens (longest %d)",
+            adapter,
+            skipped,
+            len(encoded),
+            cfg.max_length,
+            max(len(e["input_ids"]) for e in encoded),
+        )
+    result = {"adapter": adapter, "n_examples": len(kept), "n_skipped_too_long": skipped}
+    if not kept:
+        log.warning("%s: no examples to train on; the adapter is left as it is", adapter)
+        return {**result, "steps": 0, "losses": []}
+    pl.seed_everything(seed, workers=True, verbose=False)
+    loader = DataLoader(
+        kept,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+    )
+    module = AdapterModule(model, cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        only_adapter_trainable(model, adapter, cfg.gradient_checkpointing),
+    ):
+        trainer = pl.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            strategy=cfg.trainer.strategy,
+            precision=resolve_precision(cfg.trainer),
+            max_epochs=cfg.epochs,
+            accumulate_grad_batches=cfg.accumulate,
+            gradient_clip_val=cfg.max_grad_norm or None,
+            logger=logger or False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            default_root_dir=log_dir or tmp,
+        )
+        trainer.fit(module, train_dataloaders=loader)
+    log.info(
+        "%s: %d steps on %d examples, loss %.4f",
+        adapter,
+        trainer.global_step,
+        len(kept),
+        module.step_losses[-1],
+    )
+    return {**result, "steps": trainer.global_step, "losses": module.step_losses}

@@ -1,0 +1,143 @@
+"""Training one LoRA adapter of a two-adapter society on the tiny random model (CPU)."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mfsi.config import FinetuneConfig
+from mfsi.training import IGNORE, encode, resolve_precision, train_adapter, warmup_cosine
+
+
+def gen(id_, question, answer):
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"id": id_, "messages": messages, "loss_from_turn": 0, "kind": "gen"}
+
+
+CRITIC = {
+    "id": "q#0/critic",
+    "messages": [
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "3"},
+        {"role": "user", "content": "Others: 2"},
+        {"role": "assistant", "content": "2 then"},
+    ],
+    "loss_from_turn": 1,
+    "kind": "C-",
+}
+DATA = [gen("a", "1+1?", "2"), gen("b", "2+3?", "5"), gen("c", "4*4?", "16"), CRITIC]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is fastest, and much faster when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def society(path, embedding_scale=1.0, **load):
+    """The tiny base wrapped with two non-zero LoRA adapters, gen0 and critic0."""
+    base = AutoModelForCausalLM.from_pretrained(path, **load)
+    with torch.no_grad():
+        base.get_input_embeddings().weight.mul_(embedding_scale)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(0)  # the random LoRA init
+    model = get_peft_model(base, lora, adapter_name="gen0")
+    model.add_adapter("critic0", lora)
+    return model
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def finetune_cfg(**overrides):
+    cfg = FinetuneConfig(lr=1e-2, epochs=1, batch_size=2, warmup_ratio=0.0)
+    cfg.trainer.accelerator = "cpu"
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_loss_mask_covers_only_the_critics_own_turn(tokenizer):
+    ids, labels = encode(tokenizer, CRITIC).values()
+    learnt = [t for t, label in zip(ids, labels) if label != IGNORE]
+    assert [label for label in labels if label != IGNORE] == learnt
+    assert tokenizer.decode(learnt) == "2 then<|end|>"
+    # the labelled tokens are contiguous and end the conversation
+    first = labels.index(learnt[0])
+    assert all(label != IGNORE for label in labels[first:]) and len(labels) - first == len(learnt)
+    _, gen_labels = encode(tokenizer, DATA[0]).values()
+    assert tokenizer.decode([t for t in gen_labels if t != IGNORE]) == "2<|end|>"
+
+
+def test_only_the_named_adapter_changes(tiny_model_dir, tokenizer):
+    model = society(tiny_model_dir)
+    model.set_adapter("critic0")
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = snapshot(model)
+    result = train_adapter(model, tokenizer, "gen0", DATA, finetune_cfg(), seed=0)
+    assert result["steps"] == 2 and len(result["losses"]) == 2 and result["n_examples"] == 4
+    for name, p in model.named_parameters():
+        if ".gen0." in name:
+            assert not torch.equal(p, before[name]), f"{name} was not trained"
+        else:
+            assert torch.equal(p, before[name]), f"{name} changed"
+    # the model is handed back as it came: active adapter, grad flags
+    assert model.active_adapter == "critic0"
+    assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
+
+
+def test_loss_decreases_and_is_deterministic(tiny_model_dir, tokenizer):
+    # The random tied embeddings (std 0.02) give near-zero logits that a LoRA over frozen
+    # embeddings can barely sharpen; scaled up, overfitting four examples shows clearly.
+    cfg = finetune_cfg(epochs=8, gradient_checkpointing=False)
+    runs = [
+        train_adapter(society(tiny_model_dir, embedding_scale=10), tokenizer, "critic0", DATA, cfg, seed=3)
+        for _ in range(2)
+    ]
+    losses = runs[0]["losses"]  # two steps per epoch
+    assert len(losses) == 16 and sum(losses[-2:]) < 0.7 * sum(losses[:2])
+    assert runs[0]["losses"] == runs[1]["losses"]
+
+
+def test_over_long_examples_are_skipped_and_counted(tiny_model_dir, tokenizer):
+    long = gen("long", "x" * 200, "1")
+    result = train_adapter(
+        society(tiny_model_dir), tokenizer, "gen0", [long, *DATA], finetune_cfg(max_length=64), seed=0
+    )
+    assert result["n_skipped_too_long"] == 1 and result["n_examples"] == 4
+    nothing = train_adapter(
+        society(tiny_model_dir), tokenizer, "gen0", [long], finetune_cfg(max_length=64), seed=0
+    )
+    assert nothing["steps"] == 0 and nothing["losses"] == [] and nothing["n_skipped_too_long"] == 1
+
+
+def test_nf4_base_trains_one_adapter_on_cpu(tiny_model_dir, tokenizer):
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    try:
+        model = society(tiny_model_dir, quantization_config=quant, device_map="cpu")
+    except Exception as e:  # bitsandbytes without CPU 4-bit support
+        pytest.skip(f"bitsandbytes 4-bit unavailable on CPU: {e}")
+    assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
+    before = snapshot(model)
+    result = train_adapter(model, tokenizer, "gen0", DATA[:2], finetune_cfg(batch_size=2), seed=0)
+    assert result["steps"] == 1
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".gen0." in name for name in changed)
+
+
+def test_schedule_and_precision():
+    assert [round(warmup_cosine(s, warmup=2, total=6), 3) for s in range(6)] == [0.5, 1, 1, 0.854, 0.5, 0.146]
+    assert resolve_precision(finetune_cfg().trainer) == "32-true"
