@@ -91,7 +91,7 @@ def test_only_the_named_adapter_changes(tiny_model_dir, tokenizer):
         else:
             assert torch.equal(p, before[name]), f"{name} changed"
     # the model is handed back as it came: active adapter, grad flags
-    assert model.active_adapter == "critic0"
+    assert model.active_adapter == "critic0" and not model.is_activation_checkpointing
     assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
 
 
@@ -110,10 +110,10 @@ def test_loss_decreases_and_is_deterministic(tiny_model_dir, tokenizer):
 
 def test_over_long_examples_are_skipped_and_counted(tiny_model_dir, tokenizer):
     long = gen("long", "x" * 200, "1")
-    result = train_adapter(
-        society(tiny_model_dir), tokenizer, "gen0", [long, *DATA], finetune_cfg(max_length=64), seed=0
-    )
+    cfg = finetune_cfg(max_length=64, batch_size=1, accumulate=2)
+    result = train_adapter(society(tiny_model_dir), tokenizer, "gen0", [long, *DATA], cfg, seed=0)
     assert result["n_skipped_too_long"] == 1 and result["n_examples"] == 4
+    assert result["steps"] == 2 and len(result["losses"]) == 2  # 4 batches of 1, 2 per step
     nothing = train_adapter(
         society(tiny_model_dir), tokenizer, "gen0", [long], finetune_cfg(max_length=64), seed=0
     )
