@@ -59,6 +59,7 @@ class GenerationConfig:
     max_new_tokens: int = 1024
     batch_size: int = 32
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
+    cache: str = "dynamic"  # KV cache: dynamic | static (preallocated: faster for big batches on CPU)
 
 
 @dataclass
@@ -129,6 +130,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
     "finetune.init": ("previous", "base"),
+    "generation.cache": ("dynamic", "static"),
     "logger.name": ("wandb", "none"),
 }
 

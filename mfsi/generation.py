@@ -89,6 +89,8 @@ class HFBackend:
             eos_token_id=self.eos_ids,
             pad_token_id=pad,
         )
+        if self.cfg.cache != "dynamic":
+            kwargs["cache_implementation"] = self.cfg.cache
         if self.cfg.temperature > 0:
             kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
         if names is not None:

@@ -32,7 +32,8 @@ def test_mixed_and_grouped_adapters_generate_the_same_greedy_text(society):
     requests = [("gen0", ASK), (None, ASK), ("gen1", ASK), ("gen1", OTHER), (None, OTHER), ("gen0", OTHER)]
     grouped = backend(society, batch_size=2).generate(requests, seed=0)
     mixed = backend(society, batch_size=6, mixed_adapters=True).generate(requests, seed=0)
-    assert mixed == grouped
+    static = backend(society, batch_size=4, mixed_adapters=True, cache="static").generate(requests, seed=0)
+    assert mixed == grouped == static
     assert len({grouped[0], grouped[1], grouped[2]}) == 3  # the adapters really differ
 
 
