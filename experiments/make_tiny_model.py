@@ -1,0 +1,364 @@
+"""Regenerate the embedded default model, models/tiny-arith, from nothing (CPU, ~25 min).
+
+    python -m experiments.make_tiny_model --out models/tiny-arith             # the shipped model
+    python -m experiments.make_tiny_model --out /tmp/t --steps 4 --eval-n 8   # smoke test
+
+A 0.9M-parameter character-level Llama (mfsi/charlm.py) learns the arithmetic task
+a+b*c+d-e*f from generated data, speaking exactly the prompts the pipeline sends: every
+conversation is built with the task layer's prompt builders (Arithmetic.prompt,
+Task.debate_prompt) and rendered with mfsi.chat.render, the loss on the last assistant
+turn only. Answers are a short chain, e.g. "4*5=20, 7*8=56, 3+20=23, 23+6=29, 29-56=-27.
+\\boxed{-27}".
+
+Stage 1: single-turn questions, plus debate turns whose other agents' solutions are
+synthetic (half with one planted slip carried through the chain).
+Stage 2: debate turns built from the model's OWN sampled solutions (T=1, right and
+wrong): [question, own solution, debate prompt with others' solutions] -> the correct
+solution. Planted slips do not look like the model's real mistakes; its own samples do,
+so this is what makes a second debate round improve on the first.
+
+Everything is seeded; the run is a fixed number of steps (--minutes only caps wall time,
+at the cost of reproducibility). Written next to the model: training_log.jsonl
+(accuracy vs time), recipe.json (the settings) and eval.json (the final evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from mfsi.charlm import build_tokenizer, llama_config
+from mfsi.chat import Message, render
+from mfsi.config import GenerationConfig
+from mfsi.generation import HFBackend
+from mfsi.tasks import Arithmetic, Problem, arithmetic_expression
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
+TASK = Arithmetic({"train": [], "eval": []})  # prompts and grading only; questions come from here
+
+
+@dataclass
+class Recipe:
+    """Every number of the run; saved as recipe.json next to the model."""
+
+    seed: int = 0
+    hidden: int = 128  # 0.87M parameters with the ~100-symbol vocabulary
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 384
+    stage1_steps: int = 1200
+    stage2_steps: int = 400
+    refreshes: int = 2  # stage 2 re-samples the model's own solutions this many times
+    batch: int = 32
+    debate_batch: int = 8  # debate conversations are ~4x longer than single turns
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    stage1_debate_share: float = 0.15  # of stage-1 steps, synthetic debate batches
+    stage2_debate_share: float = 0.5  # of stage-2 steps, own-sample debate batches
+    five_agent_share: float = 0.25  # debate turns showing 4 others (5 agents), else 2
+    log_every: int = 200  # steps between accuracy checks
+    log_n: int = 100  # held-out questions per accuracy check
+    eval_n: int = 1000  # held-out questions in the final evaluation
+    eval_seed: int = 1_000_003  # held-out questions come from their own generator
+    minutes: float | None = None  # optional wall-clock cap on training
+    threads: int = 2  # torch CPU threads; 1 is faster when other jobs share the cores
+
+
+# --- data -----------------------------------------------------------------------------
+def solution(expression: str, slip: int | None = None, rng: random.Random | None = None) -> str:
+    """The step-by-step answer; with slip=k, step k is off and the error carries on."""
+    a, b, c, d, e, f = map(int, re.findall(r"\d+", expression))
+    values, text = [], []
+
+    def step(x: int, op: str, y: int, value: int) -> int:
+        if slip == len(values):
+            value += rng.choice([-10, -2, -1, 1, 2, 10])
+        values.append(value)
+        text.append(f"{x}{op}{y}={value}")
+        return value
+
+    bc = step(b, "*", c, b * c)
+    ef = step(e, "*", f, e * f)
+    s = step(a, "+", bc, a + bc)
+    s = step(s, "+", d, s + d)
+    v = step(s, "-", ef, s - ef)
+    return ", ".join(text) + f". \\boxed{{{v}}}"
+
+
+def question(rng: random.Random, held_out: set[str]) -> Problem:
+    while True:
+        expression, value = arithmetic_expression(rng)
+        if expression not in held_out:
+            return Problem(f"arith/{expression}", expression, str(value))
+
+
+def held_out_questions(n: int, seed: int) -> list[Problem]:
+    rng, seen = random.Random(seed), {}
+    while len(seen) < n:
+        p = question(rng, set())
+        seen.setdefault(p.question, p)
+    return list(seen.values())
+
+
+def debate_conversation(p: Problem, own: str, others: list[str]) -> list[Message]:
+    """Round 2 as the pipeline sends it, answered with the correct solution."""
+    return [
+        *TASK.prompt(p),
+        {"role": "assistant", "content": own},
+        TASK.debate_prompt(others),
+        {"role": "assistant", "content": solution(p.question)},
+    ]
+
+
+def last_turn(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 except on the final assistant turn): earlier assistant
+    turns are context (an own first answer may be wrong), not targets."""
+    r = render(tokenizer, messages, train=True)
+    ids, mask = r["input_ids"], r["assistant_masks"]
+    start = len(mask)
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    return ids, [-100] * start + ids[start:]
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    ids = [x + [pad] * (width - len(x)) for x, _ in examples]
+    labels = [y + [-100] * (width - len(y)) for _, y in examples]
+    attention = [[1] * len(x) + [0] * (width - len(x)) for x, _ in examples]
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(attention),
+    }
+
+
+# --- evaluation -----------------------------------------------------------------------
+def majority(answers: list[str | None], rng: random.Random) -> str | None:
+    """Most common parsed answer (answers are canonical numbers, so equal strings are
+    equal values); unparsed ones do not vote; ties broken by a seeded random choice."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return rng.choice(sorted(a for a, c in counts.items() if c == top))
+
+
+def evaluate(
+    backend: HFBackend, problems: list[Problem], seed: int, rounds: int = 2, agents: int = 3
+) -> dict:
+    """Single-agent accuracy (mean over agents' round-1 samples), parse rate, majority of
+    the round-1 samples, and a concatenation debate's majority after `rounds` rounds."""
+    rng = random.Random(seed)
+    convs = [[TASK.prompt(p) for _ in range(agents)] for p in problems]
+    by_round = []
+    for r in range(rounds):
+        if r > 0:
+            previous = by_round[-1]["texts"]
+            for q, agent_convs in enumerate(convs):
+                for a, conv in enumerate(agent_convs):
+                    others = [previous[q][o] for o in range(agents) if o != a]
+                    conv += [{"role": "assistant", "content": previous[q][a]}, TASK.debate_prompt(others)]
+        flat = backend.generate([(None, c) for cs in convs for c in cs], seed=seed + r, desc=f"round {r + 1}")
+        texts = [flat[q * agents : (q + 1) * agents] for q in range(len(problems))]
+        parsed = [[TASK.extract_answer(t) for t in ts] for ts in texts]
+        votes = [majority(answers, rng) for answers in parsed]
+        by_round.append(
+            {
+                "texts": texts,
+                "single": sum(TASK.is_correct(a, p.answer) for p, ps in zip(problems, parsed) for a in ps)
+                / (len(problems) * agents),
+                "parse_rate": sum(a is not None for ps in parsed for a in ps) / (len(problems) * agents),
+                "majority": sum(TASK.is_correct(v, p.answer) for p, v in zip(problems, votes))
+                / len(problems),
+            }
+        )
+    result = {"n": len(problems), "agents": agents, "rounds": rounds}
+    result["single_accuracy"] = by_round[0]["single"]
+    result["parse_rate"] = by_round[0]["parse_rate"]
+    for r, stats in enumerate(by_round, 1):
+        result[f"round{r}_agent_accuracy"] = stats["single"]
+        result[f"round{r}_parse_rate"] = stats["parse_rate"]
+        result[f"round{r}_majority"] = stats["majority"]
+    return result
+
+
+# --- training -------------------------------------------------------------------------
+def own_samples(backend: HFBackend, problems: list[Problem], k: int, seed: int) -> list[list[str]]:
+    """k sampled round-1 solutions per problem, as the pipeline would sample them."""
+    flat = backend.generate([(None, TASK.prompt(p)) for p in problems for _ in range(k)], seed, "own samples")
+    return [flat[i * k : (i + 1) * k] for i in range(len(problems))]
+
+
+def train(out: Path, recipe: Recipe) -> float:
+    """Build, train and save the model and tokenizer in `out`; returns training minutes."""
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    conf = yaml.safe_load(CONF.read_text())
+    context = conf["model"]["context_length"]
+    gen_cfg = GenerationConfig(**conf["generation"])
+    tokenizer = build_tokenizer()
+    shape = dict(hidden=recipe.hidden, layers=recipe.layers, heads=recipe.heads, ffn=recipe.ffn)
+    model = LlamaForCausalLM(llama_config(len(tokenizer), context=context, **shape))
+    backend = HFBackend(model, tokenizer, gen_cfg, context_length=context)
+    held_out = held_out_questions(recipe.eval_n, recipe.eval_seed)
+    exclude = {p.question for p in held_out}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    total = recipe.stage1_steps + recipe.stage2_steps
+
+    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        progress = (step - recipe.warmup) / max(1, total - recipe.warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+    def synthetic_other(p: Problem) -> str:
+        slip = rng.randrange(5) if rng.random() < 0.5 else None
+        return solution(p.question, slip, rng)
+
+    def n_others() -> int:
+        return 4 if rng.random() < recipe.five_agent_share else 2
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "training_log.jsonl").open("w")
+    pool: list[tuple[Problem, list[str]]] = []
+    refresh_at = {
+        recipe.stage1_steps + i * recipe.stage2_steps // recipe.refreshes for i in range(recipe.refreshes)
+    }
+    start, running = time.time(), []
+    bar = tqdm(range(total), desc="train")
+    for step in bar:
+        stage = 1 if step < recipe.stage1_steps else 2
+        if step in refresh_at:  # stage 2 data: the current model's own samples
+            model.eval()
+            chunk = recipe.stage2_steps // recipe.refreshes
+            # each problem's 5 samples serve about two conversations (different subsets)
+            n = max(1, round(chunk * recipe.stage2_debate_share * recipe.debate_batch / 2))
+            problems = [question(rng, exclude) for _ in range(n)]
+            pool = list(zip(problems, own_samples(backend, problems, 5, seed=recipe.seed + step)))
+            model.train()
+        share = recipe.stage1_debate_share if stage == 1 else recipe.stage2_debate_share
+        if rng.random() < share:
+            examples = []
+            for _ in range(recipe.debate_batch):
+                if stage == 1:
+                    p = question(rng, exclude)
+                    own, others = synthetic_other(p), [synthetic_other(p) for _ in range(n_others())]
+                else:
+                    p, samples = rng.choice(pool)
+                    own, *others = rng.sample(samples, 1 + n_others())
+                example = last_turn(tokenizer, debate_conversation(p, own, others))
+                if len(example[0]) <= context:  # a rambling sample can overflow the context
+                    examples.append(example)
+        else:
+            examples = []
+            for _ in range(recipe.batch):
+                p = question(rng, exclude)
+                conv = [*TASK.prompt(p), {"role": "assistant", "content": solution(p.question)}]
+                examples.append(last_turn(tokenizer, conv))
+        if not examples:  # every sampled conversation overflowed (only in tiny smoke runs)
+            continue
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr * lr_at(step)
+        loss = model(**collate(examples, tokenizer.pad_token_id)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}", stage=stage)
+        last = step == total - 1
+        too_long = recipe.minutes is not None and time.time() - start > 60 * recipe.minutes
+        if (step + 1) % recipe.log_every == 0 or last or too_long:
+            model.eval()
+            check = evaluate(backend, held_out[: recipe.log_n], seed=recipe.seed, rounds=1, agents=1)
+            model.train()
+            record = {
+                "step": step + 1,
+                "stage": stage,
+                "minutes": round((time.time() - start) / 60, 2),
+                "loss": round(sum(running) / len(running), 4),
+                "accuracy": check["single_accuracy"],
+                "parse_rate": check["parse_rate"],
+                "n": check["n"],
+            }
+            running = []
+            tqdm.write(json.dumps(record))
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        if too_long:
+            tqdm.write(f"stopping at step {step + 1}: --minutes {recipe.minutes} reached")
+            break
+    log_file.close()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    return (time.time() - start) / 60
+
+
+def evaluate_folder(out: Path, recipe: Recipe) -> dict:
+    """Evaluate the saved files (exactly what ships) on the held-out questions, with the
+    generation settings of conf/model/tiny.yaml; merge the result into eval.json."""
+    torch.set_num_threads(recipe.threads)
+    conf = yaml.safe_load(CONF.read_text())
+    gen_cfg = GenerationConfig(**conf["generation"])
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    backend = HFBackend(model, tokenizer, gen_cfg, context_length=conf["model"]["context_length"])
+    start = time.time()
+    result = evaluate(backend, held_out_questions(recipe.eval_n, recipe.eval_seed), seed=recipe.seed)
+    path = out / "eval.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    result = {**previous, **result}
+    result.update(
+        temperature=gen_cfg.temperature,
+        top_p=gen_cfg.top_p,
+        max_new_tokens=gen_cfg.max_new_tokens,
+        eval_minutes=round((time.time() - start) / 60, 1),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    parser.add_argument("--steps", type=int, help="total steps, split between the stages as in the recipe")
+    parser.add_argument("--minutes", type=float, help="wall-clock cap on training (not reproducible)")
+    parser.add_argument("--eval-n", type=int, default=Recipe.eval_n)
+    parser.add_argument("--threads", type=int, default=Recipe.threads)
+    parser.add_argument("--eval-only", action="store_true", help="re-evaluate the model in --out")
+    args = parser.parse_args()
+    recipe = Recipe(seed=args.seed, minutes=args.minutes, eval_n=args.eval_n, threads=args.threads)
+    if args.steps is not None:
+        stage2 = round(args.steps * recipe.stage2_steps / (recipe.stage1_steps + recipe.stage2_steps))
+        recipe.stage1_steps, recipe.stage2_steps = args.steps - stage2, stage2
+        recipe.log_every = min(recipe.log_every, args.steps)
+    recipe.log_n = min(recipe.log_n, recipe.eval_n)
+    if not args.eval_only:
+        minutes = train(args.out, recipe)
+        (args.out / "eval.json").write_text(json.dumps({"train_minutes": round(minutes, 1)}) + "\n")
+    evaluate_folder(args.out, recipe)
+
+
+if __name__ == "__main__":
+    main()
