@@ -17,6 +17,7 @@ import logging
 import netrc
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,7 +58,7 @@ class Tracker:
 
         id_file = Path(run_dir) / "wandb_id.txt"
         if not id_file.exists():
-            rundir.write_text(id_file, wandb.util.generate_id())
+            rundir.write_text(id_file, uuid.uuid4().hex[:8])
         self.wandb = wandb.init(
             project=cfg.logger.project,
             entity=cfg.logger.entity,
