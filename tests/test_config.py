@@ -139,3 +139,46 @@ def test_cli_bad_data_exits_2_and_writes_nothing(tmp_path):
     assert out.returncode == 2
     assert "task.path='/no/such/dir' does not exist" in out.stdout + out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+ABLATIONS = sorted(p.stem for p in (ROOT / "conf" / "ablation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_composes_with_each_of_its_sweep_values(experiment):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    params = hydra_cfg.hydra.sweeper.params or {}
+    jobs = [[f"{key}={value}" for key, value in zip(params, combo)] for combo in _grid(params)]
+    for job in jobs or [[]]:
+        cfg = make(f"+experiment={experiment}", *job)
+        validate(cfg)
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+def _grid(params):
+    import itertools
+
+    return itertools.product(*(str(v).split(",") for v in params.values())) if params else []
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_ablations_set_their_variant_label(ablation):
+    cfg = make(f"+ablation={ablation}")
+    assert cfg.variant == ("multiagent_ft" if ablation == "full" else ablation)
+    validate(cfg)
+
+
+def test_ablation_shapes():
+    assert make("+ablation=no_critics").method.train_critics is False
+    assert make("+ablation=single_agent_ft").method.shared is True
+    no_debate = make("+ablation=single_agent_ft_no_debate")
+    assert (no_debate.evaluation.agents, no_debate.evaluation.rounds, no_debate.debate.rounds) == (1, 1, 2)
+    transfer = make("+experiment=transfer", "task=arithmetic")
+    assert (transfer.task.name, transfer.eval_task.name, transfer.variant) == (
+        "arithmetic",
+        "gsm",
+        "multiagent_ft_to_gsm",
+    )
