@@ -39,7 +39,7 @@ def followups(
 ):
     """The round m>1 user message for each (question, agent), from round m-1's responses."""
     others = [[[r for k, r in enumerate(prev) if k != n] for n in range(len(prev))] for prev in previous]
-    if not summarize or len(previous[0]) < 2:  # nothing to condense with fewer than 2 others
+    if not summarize or len(previous[0]) < 2:  # a lone agent has no others to summarise
         return [[task.debate_prompt(o) if o else REFLECT for o in per_q] for per_q in others]
     requests = [(None, task.summary_request(p, o)) for p, per_q in zip(problems, others) for o in per_q]
     summaries = iter(backend.generate(requests, seed=seed, desc="summaries"))
@@ -57,6 +57,8 @@ def run_debate(
 ) -> list[dict]:
     """Debate every problem with len(roles) agents for `rounds` rounds; see the module doc."""
     agents = len(roles)
+    if not problems:
+        return []
     conversations = [[task.prompt(p) for _ in range(agents)] for p in problems]  # [q][n]
     responses: list[list[list[str]]] = [[] for _ in problems]  # [q][m][n]
     for m in range(rounds):

@@ -90,36 +90,39 @@ class Tracker:
         for r in records[:TRANSCRIPTS]:
             table.add_data(r["id"], r["question"], r["gold"], r["majority"], r["correct"], transcript(r))
         data[f"{split}/transcripts_iter_{step}"] = table
+        for adapter, size in row.get("data_sizes", {}).items():  # |D_G|, |C-|, |C+|, |D_C|
+            data.update({f"data/{adapter}/{kind}": n for kind, n in size.items()})
+        for adapter, result in row.get("training", {}).items():  # one loss curve per adapter
+            curve = wandb.Table(columns=["step", "loss"], data=list(enumerate(result["losses"], 1)))
+            data[f"train/{adapter}/loss_iter_{step}"] = wandb.plot.line(
+                curve, "step", "loss", title=f"{adapter} training loss, iteration {step}"
+            )
         self.wandb.log(data)
+
+    def log_image(self, key: str, path: Path) -> None:
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Image(str(path))})
 
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
 
 
-def plot_rounds(rows: list[dict], path: Path) -> None:
-    """Majority accuracy (± stderr) after each debate round, one line per evaluation."""
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for row in rows:
-        rounds = range(1, len(row["accuracy_by_round"]) + 1)
-        acc = [100 * a for a in row["accuracy_by_round"]]
-        err = [100 * row["stderr"] if m == len(acc) else 0 for m in rounds]  # final round only
-        ax.errorbar(
-            rounds, acc, yerr=err, marker="o", capsize=3, label=f"iter {row['iteration']} {row['split']}"
-        )
-    first = rows[0] if rows else {}
-    ax.set(
-        xlabel="debate round",
-        ylabel="majority accuracy (%)",
-        title=f"{first.get('task', '')} {first.get('method', '')}, {first.get('agents', '')} agents",
-    )
-    ax.set_xticks(range(1, max((len(r["accuracy_by_round"]) for r in rows), default=1) + 1))
-    ax.legend(fontsize=8)
+    return plt.subplots(figsize=(5, 3.5))
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure atomically, then close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,3 +131,44 @@ def plot_rounds(rows: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _title(rows: list[dict]) -> str:
+    first = rows[0] if rows else {}
+    label = first.get("variant", first.get("method", ""))
+    return f"{first.get('task', '')} {label}, {first.get('agents', '')} agents"
+
+
+def plot_rounds(rows: list[dict], path: Path) -> None:
+    """Majority accuracy (± stderr) after each debate round, one line per evaluation."""
+    fig, ax = _figure()
+    for row in rows:
+        rounds = range(1, len(row["accuracy_by_round"]) + 1)
+        acc = [100 * a for a in row["accuracy_by_round"]]
+        err = [100 * row["stderr"] if m == len(acc) else 0 for m in rounds]  # final round only
+        ax.errorbar(
+            rounds, acc, yerr=err, marker="o", capsize=3, label=f"iter {row['iteration']} {row['split']}"
+        )
+    ax.set(xlabel="debate round", ylabel="majority accuracy (%)", title=_title(rows))
+    ax.set_xticks(range(1, max((len(r["accuracy_by_round"]) for r in rows), default=1) + 1))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_iterations(rows: list[dict], path: Path) -> None:
+    """Final-round majority accuracy (± stderr) and consensus after each finetuning iteration."""
+    fig, ax = _figure()
+    iterations = [r["iteration"] for r in rows]
+    ax.errorbar(
+        iterations,
+        [100 * r["accuracy"] for r in rows],
+        yerr=[100 * r["stderr"] for r in rows],
+        marker="o",
+        capsize=3,
+        label="accuracy",
+    )
+    ax.plot(iterations, [100 * r["consensus"] for r in rows], marker="s", ls="--", label="consensus")
+    ax.set(xlabel="finetuning iteration", ylabel="%", title=_title(rows))
+    ax.set_xticks(iterations)
+    ax.legend(fontsize=8)
+    _save(fig, path)
