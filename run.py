@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         run(cfg, run_dir)
     except MfsiError as e:
         log.error("%s", e)
-        if fresh:
+        if fresh and _is_fresh(run_dir):  # failed before writing anything of its own
             shutil.rmtree(run_dir, ignore_errors=True)
             for parent in run_dir.parents:  # and the folders made for it, if now empty
                 if parent == Path.cwd() or any(parent.iterdir()):

@@ -1,68 +1,241 @@
 """The main job: what `python run.py ...` does in a Hydra run directory.
 
-    run(cfg, run_dir)  # splits -> base model -> iteration-0 debate on the eval split -> results
+    run(cfg, run_dir)
 
-Each stage writes one file (atomically) and is skipped when that file already exists, so
-rerunning a command on its run directory resumes where it stopped:
-    iter_{l}/debate_{split}.jsonl   the debate records (mfsi.debate), the stage marker
-    iter_{l}/debate_{split}.stats.json  generation counts (prompts cut to fit the context, ...)
-    metrics.jsonl, summary.json, accuracy_by_round.png
-Methods with method.selection=none (base, majority, debate) stop after iteration 0; the
-finetuning iterations call `evaluate` once per iteration on top of the same stages.
+Iteration 0 evaluates the base society (no adapters) on the eval split. Each iteration
+l >= 1 then (DESIGN.md "Method semantics"):
+    debate the train split with the iteration l-1 society    iter_{l-1}/debate_train.jsonl
+    (STaR only) rationalise wrong answers with a hint          iter_{l-1}/rationalisations.jsonl
+    select each adapter's finetuning data                      iter_{l}/data/{adapter}.jsonl
+    finetune every adapter on its own data                     iter_{l}/adapters/{adapter}/
+    debate the eval split with the new society (metrics)       iter_{l}/debate_eval.jsonl
+Methods that select no data (base, majority, debate) stop after iteration 0.
+
+Resume: every stage writes its files atomically, and the file that marks it done last
+(debate_*.jsonl, data/sizes.json, adapters/{name}/). Rerunning the command with the same
+run directory (`hydra.run.dir=<dir>`) skips finished stages and redoes nothing; a stage
+cut short is redone from its inputs with the same seeds, so the files come out the same.
+A config that changed in a way that invalidates finished stages is refused, naming the
+keys; `iterations` may grow, and logging/batching/device settings may change.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mfsi import rundir
 from mfsi.config import validate
 from mfsi.debate import run_debate, seed_for
-from mfsi.errors import ConfigError
+from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
+from mfsi.errors import ConfigError, DataError
 from mfsi.generation import HFBackend
 from mfsi.metrics import debate_metrics
+from mfsi.selection import rationalisation_requests, select, sizes
 from mfsi.society import Society, load_base, roles
 from mfsi.tasks import Task, load_task
-from mfsi.tracking import Tracker, plot_rounds
+from mfsi.tracking import Tracker, plot_iterations, plot_rounds
+from mfsi.training import train_adapter
 
 log = logging.getLogger(__name__)
+
+# Keys that may differ when a run directory is resumed: they change no finished stage.
+RESUMABLE = (
+    "iterations",
+    "logger.",
+    "generation.batch_size",
+    "generation.mixed_adapters",
+    "generation.cache",
+    "finetune.trainer.",
+)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured experiment in run_dir (resuming it) and return its summary."""
     validate(cfg)
     run_dir = Path(run_dir)
+    check_resume(cfg, run_dir)
     task = load_task(cfg.task)
-    record_splits(task, run_dir)
-    rundir.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
     society = Society(*load_base(cfg.model))
+    # Only now, with every input checked, does the run directory get its first files.
+    record_splits(task, eval_task, run_dir)
+    rundir.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tracker = Tracker(cfg, run_dir)
+    iterations = cfg.iterations if cfg.method.selection != "none" else 0
     try:
-        rows = [evaluate(cfg, task, society, tracker, run_dir, iteration=0)]
-        if cfg.method.selection != "none":
-            log.warning(
-                "finetuning (method.selection=%s) is not built yet: stopping after iteration 0",
-                cfg.method.selection,
-            )
-        return write_results(cfg, run_dir, rows)
+        rows = [evaluate(cfg, eval_task, society, tracker, run_dir, iteration=0)]
+        for iteration in range(1, iterations + 1):
+            records, _ = debate_stage(cfg, task, society, run_dir, iteration - 1, "train")
+            datasets = selection_stage(cfg, task, society, records, run_dir, iteration)
+            trained = finetune_stage(cfg, society, datasets, run_dir, iteration)
+            extra = {"data_sizes": sizes(datasets), "training": trained}
+            rows.append(evaluate(cfg, eval_task, society, tracker, run_dir, iteration, extra))
+        summary = write_results(cfg, run_dir, rows)
+        tracker.log_image("accuracy_by_iteration", run_dir / "accuracy_by_iteration.png")
+        return summary
     finally:
         tracker.finish()
 
 
-def record_splits(task: Task, run_dir: Path) -> None:
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to continue a run directory made with a config that changes finished stages."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    old = _flat(OmegaConf.to_container(OmegaConf.load(path)))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = [
+        k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)
+    ]
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"{run_dir} holds a run made with another config ({shown}): rerun with the original "
+            "values, or use a new run directory"
+        )
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def selection_stage(
+    cfg: DictConfig, task: Task, society: Society, records: list[dict], run_dir: Path, iteration: int
+) -> dict[str, list[dict]]:
+    """Each adapter's finetuning set for this iteration, selected or reloaded."""
+    folder = run_dir / f"iter_{iteration}" / "data"
+    done = folder / "sizes.json"
+    if done.exists():
+        return {name: rundir.read_jsonl(folder / f"{name}.jsonl") for name in rundir.read_json(done)}
+    rationalised = None
+    if cfg.method.selection == "star":
+        rationalised = rationalise_stage(cfg, task, society, records, run_dir, iteration - 1)
+    datasets = select(
+        records,
+        cfg.method,
+        agents=cfg.agents,
+        task=task,
+        seed=seed_for(cfg.seed, iteration, "select"),
+        critic_weight=cfg.finetune.critic_weight,
+        rationalised=rationalised,
+    )
+    if not any(datasets.values()):
+        raise DataError(
+            f"iteration {iteration}: no finetuning data for any adapter (no question of the "
+            f"train debate in {run_dir / f'iter_{iteration - 1}'} gave usable answers); "
+            "nothing to learn: try more train questions or a stronger model"
+        )
+    for name, examples in datasets.items():
+        rundir.write_jsonl(folder / f"{name}.jsonl", examples)
+    rundir.write_json(done, sizes(datasets))
+    log.info("iteration %d data: %s", iteration, {k: v["n"] for k, v in sizes(datasets).items()})
+    return datasets
+
+
+def rationalise_stage(
+    cfg: DictConfig, task: Task, society: Society, records: list[dict], run_dir: Path, iteration: int
+) -> dict[tuple[str, int], str]:
+    """STaR: answers to the wrongly answered train questions, re-asked with a hint."""
+    path = run_dir / f"iter_{iteration}" / "rationalisations.jsonl"
+    if not path.exists():
+        requests = rationalisation_requests(records, task)
+        players = roles(cfg.agents, cfg.method.shared, society.adapters)
+        texts = backend(cfg, society).generate(
+            [(players[agent][0], messages) for _, agent, messages in requests],
+            seed=seed_for(cfg.seed, iteration, "rationalise"),
+            desc="rationalise",
+        )
+        rationales = [{"id": q, "agent": a, "response": t} for (q, a, _), t in zip(requests, texts)]
+        rundir.write_jsonl(path, rationales)
+    return {(r["id"], r["agent"]): r["response"] for r in rundir.read_jsonl(path)}
+
+
+def finetune_stage(
+    cfg: DictConfig, society: Society, datasets: dict[str, list[dict]], run_dir: Path, iteration: int
+) -> dict[str, dict]:
+    """Train every adapter on its own data (or keep its weights) and load the results.
+
+    An adapter starts from its previous-iteration weights (finetune.init=previous) or
+    fresh (init=base). One with no data keeps its previous weights, or stays the base
+    model if it has none yet. Returns per-adapter training results (losses, counts).
+    """
+    results = {}
+    for name, examples in sorted(datasets.items()):
+        out = run_dir / f"iter_{iteration}" / "adapters" / name
+        previous = run_dir / f"iter_{iteration - 1}" / "adapters" / name
+        result_path = run_dir / f"iter_{iteration}" / "training" / f"{name}.json"
+        if not out.exists():
+            if not examples:
+                if not previous.exists():
+                    log.warning("%s: no data and no earlier weights: the base model plays it", name)
+                    continue
+                log.warning("%s: no data this iteration: keeps its iteration %d weights", name, iteration - 1)
+                _copy_folder(previous, out)
+            else:
+                if cfg.finetune.init == "previous" and previous.exists():
+                    society.load(name, previous)
+                else:
+                    torch.manual_seed(seed_for(cfg.seed, iteration, name, "init"))
+                    society.add(name, cfg.finetune.lora)
+                result = train_adapter(
+                    society.model,
+                    society.tokenizer,
+                    name,
+                    examples,
+                    cfg.finetune,
+                    seed=seed_for(cfg.seed, iteration, name),
+                )
+                rundir.write_json(result_path, result)
+                society.save(name, out)  # the folder marks this adapter done
+        society.load(name, out)
+        if result_path.exists():
+            results[name] = rundir.read_json(result_path)
+    return results
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    """Copy a folder atomically: into a temporary sibling, then renamed into place."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tmp.rename(target)
+
+
+def backend(cfg: DictConfig, society: Society) -> HFBackend:
+    return HFBackend(society.model, society.tokenizer, cfg.generation, cfg.model.context_length)
+
+
+def record_splits(task: Task, eval_task: Task, run_dir: Path) -> None:
     """Save train/eval ids; a resumed run must have the same ones (same seed and sizes)."""
-    splits = {name: [p.id for p in task.split(name)] for name in ("train", "eval")}
+    splits = {"train": [p.id for p in task.split("train")], "eval": [p.id for p in eval_task.split("eval")]}
     path = run_dir / "splits.json"
     if path.exists() and rundir.read_json(path) != splits:
         raise ConfigError(
             f"{path}: this run directory was made with other questions (task, seed or sizes differ)"
         )
     rundir.write_json(path, splits)
-    log.info("task %s: %d train / %d eval questions (disjoint)", task.name, *map(len, splits.values()))
+    log.info(
+        "%d train (%s) / %d eval (%s) questions",
+        len(splits["train"]),
+        task.name,
+        len(splits["eval"]),
+        eval_task.name,
+    )
+
+
+def shape(cfg: DictConfig, split: str) -> tuple[int, int]:
+    """(agents, rounds) of the debate on a split; evaluation may override both."""
+    if split == "eval":
+        return cfg.evaluation.agents or cfg.agents, cfg.evaluation.rounds or cfg.debate.rounds
+    return cfg.agents, cfg.debate.rounds
 
 
 def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, iteration: int, split: str):
@@ -70,30 +243,24 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
     path = run_dir / f"iter_{iteration}" / f"debate_{split}.jsonl"
     stats_path = path.with_suffix(".stats.json")
     if path.exists():
-        records = rundir.read_jsonl(path)
-        shape = (len(records[0]["responses"]), len(records[0]["responses"][0])) if records else None
-        if shape and shape != (cfg.debate.rounds, cfg.agents):
-            raise ConfigError(
-                f"{path} holds {shape[1]} agents x {shape[0]} rounds but the config asks for "
-                f"agents={cfg.agents}, debate.rounds={cfg.debate.rounds}: use a new run directory"
-            )
         log.info("resume: %s exists, skipping that debate", path)
-        return records, rundir.read_json(stats_path) if stats_path.exists() else {}
-    backend = HFBackend(society.model, society.tokenizer, cfg.generation, cfg.model.context_length)
+        return rundir.read_jsonl(path), rundir.read_json(stats_path)
+    agents, rounds = shape(cfg, split)
+    generator = backend(cfg, society)
     start = time.time()
     records = run_debate(
         task,
         task.split(split),
-        backend,
-        roles(cfg.agents, cfg.method.shared, society.adapters),
-        rounds=cfg.debate.rounds,
+        generator,
+        roles(agents, cfg.method.shared, society.adapters),
+        rounds=rounds,
         summarize=cfg.debate.summarize,
         seed=seed_for(cfg.seed, iteration, split),
     )
     stats = {
-        "truncated": backend.stats.truncated,
-        "requests": backend.stats.requests,
-        "new_tokens": backend.stats.new_tokens,
+        "truncated": generator.stats.truncated,
+        "requests": generator.stats.requests,
+        "new_tokens": generator.stats.new_tokens,
         "seconds": round(time.time() - start, 2),
     }
     if stats["truncated"]:
@@ -104,34 +271,60 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
 
 
 def evaluate(
-    cfg: DictConfig, task: Task, society: Society, tracker: Tracker, run_dir: Path, iteration: int
+    cfg: DictConfig,
+    task: Task,
+    society: Society,
+    tracker: Tracker,
+    run_dir: Path,
+    iteration: int,
+    extra: dict | None = None,
 ) -> dict:
     """Debate on the eval split with the current society; its metrics row (logged once)."""
     records, stats = debate_stage(cfg, task, society, run_dir, iteration, "eval")
     for row in tracker.logged():
         if row["iteration"] == iteration and row["split"] == "eval":
             return row
+    agents, rounds = shape(cfg, "eval")
     row = {
         "iteration": iteration,
         "split": "eval",
         "method": cfg.method.name,
+        "variant": cfg.variant,
         "task": task.name,
         "model": cfg.model.name,
-        "agents": cfg.agents,
-        "rounds": cfg.debate.rounds,
+        "agents": agents,
+        "rounds": rounds,
         "summarize": cfg.debate.summarize,
         **debate_metrics(records, task),
+        **(diversity(cfg, society, records, agents) if cfg.evaluation.diversity else {}),
         **stats,
+        **(extra or {}),
     }
     tracker.log(row, records)
     return row
 
 
+def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: int) -> dict:
+    """The diversity metrics of mfsi.diversity for this evaluation's debate."""
+    generators = [g for g, _ in roles(agents, cfg.method.shared, society.adapters)]
+    return {
+        "embedding_dissimilarity": embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder)),
+        **model_diversity(
+            society.model,
+            society.tokenizer,
+            records[: cfg.evaluation.diversity_questions],
+            generators,
+            batch_size=cfg.generation.batch_size,
+        ),
+    }
+
+
 def write_results(cfg: DictConfig, run_dir: Path, rows: list[dict]) -> dict:
-    """summary.json, the accuracy-by-round plot and a short table on stdout."""
+    """summary.json, the plots and a table of accuracy per iteration on stdout."""
     summary = {
         "task": cfg.task.name,
         "method": cfg.method.name,
+        "variant": cfg.variant,
         "model": cfg.model.name,
         "agents": cfg.agents,
         "rounds": cfg.debate.rounds,
@@ -140,16 +333,18 @@ def write_results(cfg: DictConfig, run_dir: Path, rows: list[dict]) -> dict:
     }
     rundir.write_json(run_dir / "summary.json", summary)
     plot_rounds(rows, run_dir / "accuracy_by_round.png")
-    print(f"\n{cfg.task.name} / {cfg.method.name} / {cfg.model.name}: ", end="")
+    plot_iterations(rows, run_dir / "accuracy_by_iteration.png")
+    print(f"\n{cfg.task.name} / {cfg.variant} / {cfg.model.name}: ", end="")
     print(f"{cfg.agents} agents, {cfg.debate.rounds} rounds")
-    header = ("iter", "split", "n", "accuracy", "by round", "consensus", "unparsed")
-    print("{:>4} {:>5} {:>5} {:>14} {:>24} {:>9} {:>8}".format(*header))
+    header = ("iter", "n", "accuracy", "by round", "consensus", "dissim.", "unparsed")
+    print("{:>4} {:>5} {:>13} {:>18} {:>9} {:>8} {:>8}".format(*header))
     for r in rows:
         by_round = " ".join(f"{100 * a:.1f}" for a in r["accuracy_by_round"])
         accuracy = f"{100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f}"
+        dissimilarity = r.get("embedding_dissimilarity")
         print(
-            f"{r['iteration']:>4} {r['split']:>5} {r['n']:>5} {accuracy:>14} {by_round:>24} "
-            f"{r['consensus']:>9.2f} {r['parse_failure_rate']:>8.2f}"
+            f"{r['iteration']:>4} {r['n']:>5} {accuracy:>13} {by_round:>18} {r['consensus']:>9.2f} "
+            f"{'-' if dissimilarity is None else f'{dissimilarity:.3f}':>8} {r['parse_failure_rate']:>8.2f}"
         )
     print(f"results in {run_dir}\n")
     return summary

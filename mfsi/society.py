@@ -130,8 +130,11 @@ class Society:
         return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
 
     def add(self, name: str, lora_cfg, init: bool | str = True) -> None:
-        """A fresh adapter (LoRA B = 0 by default: it starts as the base model)."""
+        """A fresh adapter (LoRA B = 0 by default: it starts as the base model), replacing
+        any adapter of that name. Seed torch first for reproducible LoRA A matrices."""
         config = lora_config(lora_cfg, init)
+        if name in self.adapters:
+            self.model.delete_adapter(name)
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)
         else:

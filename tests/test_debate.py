@@ -191,7 +191,7 @@ def test_rerun_resumes_and_a_changed_society_is_refused(tiny_model_dir, tmp_path
     second = run(compose_cfg(*args), tmp_path)
     assert second == first and (tmp_path / "iter_0/debate_eval.jsonl").stat().st_mtime_ns == stamp
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # logged once
-    with pytest.raises(ConfigError, match="2 agents"):
+    with pytest.raises(ConfigError, match="agents: 2 -> 3"):
         run(compose_cfg(*args[:-1], "agents=3"), tmp_path)
 
 
