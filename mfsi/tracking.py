@@ -149,7 +149,7 @@ def plot_rounds(rows: list[dict], path: Path) -> None:
         ax.errorbar(
             rounds, acc, yerr=err, marker="o", capsize=3, label=f"iter {row['iteration']} {row['split']}"
         )
-    ax.set(xlabel="debate round", ylabel="majority accuracy (%)", title=_title(rows))
+    ax.set(xlabel="debate round", ylabel="majority accuracy (%)", title=_title(rows), ylim=(0, 100))
     ax.set_xticks(range(1, max((len(r["accuracy_by_round"]) for r in rows), default=1) + 1))
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -168,7 +168,7 @@ def plot_iterations(rows: list[dict], path: Path) -> None:
         label="accuracy",
     )
     ax.plot(iterations, [100 * r["consensus"] for r in rows], marker="s", ls="--", label="consensus")
-    ax.set(xlabel="finetuning iteration", ylabel="%", title=_title(rows))
+    ax.set(xlabel="finetuning iteration", ylabel="%", title=_title(rows), ylim=(0, 100))
     ax.set_xticks(iterations)
     ax.legend(fontsize=8)
     _save(fig, path)
