@@ -5,8 +5,10 @@
 
 Requests are grouped by adapter (None = the bare base model), sorted by prompt length to
 limit padding, left-padded and generated with the KV cache. With mixed_adapters=True a
-batch spans adapters through PEFT's `adapter_names` instead. A prompt that does not fit
-the context with max_new_tokens is cut from the left and counted in `stats`.
+batch spans adapters through PEFT's `adapter_names` instead; cache="static" preallocates
+the KV cache (same output; on CPU it avoids re-copying a big batch's cache at every
+token). A prompt that does not fit the context with max_new_tokens is cut from the left
+and counted in `stats`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mfsi.chat import Message, render
+from mfsi.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ class HFBackend:
     def __init__(self, model, tokenizer, cfg, context_length: int):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.context_length = context_length
+        if cfg.max_new_tokens >= context_length:
+            raise ConfigError(
+                f"generation.max_new_tokens={cfg.max_new_tokens} leaves no room for the prompt in "
+                f"model.context_length={context_length}: expected max_new_tokens < context_length"
+            )
         self.stats = Stats()
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])

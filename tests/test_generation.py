@@ -4,6 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mfsi.config import GenerationConfig, LoraConfig, ModelConfig
+from mfsi.errors import ConfigError
 from mfsi.generation import HFBackend
 from mfsi.society import Society, load_base
 
@@ -42,3 +43,7 @@ def test_prompts_longer_than_the_context_are_cut_and_counted(society):
     long = [{"role": "user", "content": "1+" * 300 + "1"}]
     texts = b.generate([(None, long), (None, ASK)], seed=0)
     assert len(texts) == 2 and b.stats.truncated == 1 and b.stats.requests == 2
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        HFBackend(
+            society.model, society.tokenizer, OmegaConf.structured(GenerationConfig()), context_length=64
+        )

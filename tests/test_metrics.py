@@ -1,11 +1,13 @@
-"""Metrics arithmetic on hand-made debate records."""
+"""Metrics arithmetic on hand-made debate records; the tracker (metrics.jsonl, W&B mode, plot)."""
 
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from mfsi.metrics import debate_metrics
 from mfsi.tasks import Arithmetic
+from mfsi.tracking import Tracker, plot_rounds, wandb_mode
 
 TASK = Arithmetic({"train": [], "eval": []})
 
@@ -36,3 +38,32 @@ def test_accuracy_counts_every_question_and_unparsed_as_wrong():
 def test_accuracy_by_round_follows_each_rounds_majority():
     m = debate_metrics([rec("4", [["1", "1", "4"], ["4", "4", "1"]], ["1", "4"])], TASK)
     assert m["accuracy_by_round"] == [0.0, 1.0] and m["accuracy"] == 1.0 and m["stderr"] == 0.0
+
+
+def test_wandb_mode_config_then_env_then_api_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("online") == "online" and wandb_mode(None) == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert wandb_mode(None) == "offline"  # no key: never block on a login
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(None) == "online"
+
+
+def test_tracker_without_wandb_appends_rows_and_plots(tmp_path):
+    cfg = OmegaConf.create({"logger": {"name": "none"}})
+    tracker = Tracker(cfg, tmp_path)
+    row = {
+        "iteration": 0,
+        "split": "eval",
+        "task": "arithmetic",
+        "method": "debate",
+        "agents": 3,
+        **debate_metrics(RECORDS, TASK),
+    }
+    tracker.log(row, RECORDS)
+    tracker.log({**row, "iteration": 1}, RECORDS)
+    assert [r["iteration"] for r in tracker.logged()] == [0, 1]
+    plot_rounds(tracker.logged(), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
