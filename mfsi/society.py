@@ -36,13 +36,19 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository root
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve(path: str) -> Path | None:
-    """A local folder for path (cwd first, then the repository root), or None for a hub id."""
+def find(path: str) -> Path | None:
+    """The local file or folder at path: relative paths are tried in cwd, then the repository root."""
     given = Path(os.path.expanduser(path))
-    for candidate in (given, ROOT / given) if not given.is_absolute() else (given,):
-        if candidate.exists():
-            return candidate
-    # "org/name" may be a hub id; anything else that looks like a path must exist locally.
+    candidates = [given] if given.is_absolute() else [given, ROOT / given]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def resolve(path: str) -> Path | None:
+    """A local model folder for cfg.model.path, or None when it can only be a hub id (org/name)."""
+    local = find(path)
+    if local:
+        return local
+    given = Path(os.path.expanduser(path))
     looks_local = given.is_absolute() or path.startswith((".", "~")) or len(given.parts) != 2
     if looks_local or (ROOT / given.parts[0]).is_dir() or Path(given.parts[0]).is_dir():
         raise ConfigError(
@@ -69,7 +75,7 @@ def load_base(cfg) -> tuple[torch.nn.Module, object]:
     if tokenizer.pad_token is None:  # Llama-3, Mistral: pad with eos (masked out anyway)
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.chat_template:
-        template = resolve(cfg.chat_template)
+        template = find(cfg.chat_template)
         if template is None or not template.is_file():
             raise ConfigError(f"model.chat_template={cfg.chat_template!r}: no such file")
         tokenizer.chat_template = template.read_text(encoding="utf-8")

@@ -39,6 +39,8 @@ def test_missing_template_unknown_folder_and_unreachable_hub_are_clear(tiny_mode
     (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
     _, tokenizer = load_base(model_cfg(bare, chat_template=str(tmp_path / "t.jinja")))
     assert tokenizer.chat_template == CHAT_TEMPLATE
+    with pytest.raises(ConfigError, match="model.chat_template"):
+        load_base(model_cfg(bare, chat_template="templates/none.jinja"))
     with pytest.raises(ConfigError, match="no such folder"):
         load_base(model_cfg(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match="no such folder"):
