@@ -58,8 +58,8 @@ class Recipe:
     layers: int = 4
     heads: int = 4
     ffn: int = 384
-    stage1_steps: int = 1200
-    stage2_steps: int = 400
+    stage1_steps: int = 2400
+    stage2_steps: int = 600
     refreshes: int = 2  # stage 2 re-samples the model's own solutions this many times
     batch: int = 32
     debate_batch: int = 8  # debate conversations are ~4x longer than single turns
@@ -69,7 +69,7 @@ class Recipe:
     stage1_debate_share: float = 0.15  # of stage-1 steps, synthetic debate batches
     stage2_debate_share: float = 0.5  # of stage-2 steps, own-sample debate batches
     five_agent_share: float = 0.25  # debate turns showing 4 others (5 agents), else 2
-    log_every: int = 200  # steps between accuracy checks
+    log_every: int = 300  # steps between accuracy checks
     log_n: int = 100  # held-out questions per accuracy check
     eval_n: int = 1000  # held-out questions in the final evaluation
     eval_seed: int = 1_000_003  # held-out questions come from their own generator
