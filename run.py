@@ -6,7 +6,8 @@
     python run.py -m agents=1,3,5 debate.rounds=1,2 # sweep
 
 Bad input (a missing dataset, a config value out of range) stops with one clear line and
-exit status 2; a run directory created for the failed run is removed again.
+exit status 2; a run directory created for the failed run is removed again. In a sweep
+(-m) a failed job is reported and the other jobs still run.
 """
 
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mfsi.config import register
@@ -46,6 +48,8 @@ def main(cfg: DictConfig) -> None:
                 if parent == Path.cwd() or any(parent.iterdir()):
                     break
                 parent.rmdir()
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and runs the others
         sys.exit(2)
 
 
