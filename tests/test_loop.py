@@ -1,0 +1,176 @@
+"""The finetuning loop end to end on the shipped tiny model: files, methods, kill and resume."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mfsi import loop, rundir, training
+from mfsi.config import register
+from mfsi.errors import ConfigError, DataError
+from mfsi.selection import agrees
+from mfsi.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "task.n_train=8",
+    "task.n_eval=4",
+    "iterations=1",
+    "logger=none",
+    "finetune.epochs=1",
+    "finetune.batch_size=4",
+    "evaluation.diversity_questions=2",
+]
+TIMING = {"seconds"}  # the only values allowed to differ between identical runs
+
+
+def make(*overrides):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*SMALL, *overrides])
+
+
+def snapshot(run_dir: Path) -> dict[str, object]:
+    """Every file of a run directory (plots and summary aside), timing fields dropped."""
+
+    def untimed(obj):
+        return {k: v for k, v in obj.items() if k not in TIMING} if isinstance(obj, dict) else obj
+
+    files = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        key = str(path.relative_to(run_dir))
+        if path.suffix == ".jsonl":
+            files[key] = [untimed(r) for r in rundir.read_jsonl(path)]
+        elif path.suffix == ".json" and key != "summary.json":
+            files[key] = untimed(rundir.read_json(path))
+        elif path.suffix != ".png" and key != "summary.json":
+            files[key] = path.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted multiagent run: 3 agents, 2 rounds, one finetuning iteration."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    summary = loop.run(make(), run_dir)
+    return run_dir, summary
+
+
+def test_one_iteration_writes_the_run_directory(reference):
+    run_dir, summary = reference
+    for name in (
+        "config.yaml",
+        "splits.json",
+        "metrics.jsonl",
+        "summary.json",
+        "accuracy_by_iteration.png",
+        "iter_0/debate_eval.jsonl",
+        "iter_0/debate_train.jsonl",
+        "iter_1/data/sizes.json",
+        "iter_1/debate_eval.jsonl",
+    ):
+        assert (run_dir / name).is_file(), name
+    rows = rundir.read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1]
+    for key in (
+        "accuracy",
+        "stderr",
+        "accuracy_by_round",
+        "agent_accuracy",
+        "consensus",
+        "parse_failure_rate",
+        "embedding_dissimilarity",
+        "likelihood_diversity",
+        "kl_divergence",
+        "kl_from_base",
+    ):
+        assert key in rows[1], key
+    assert rows[0]["kl_from_base"] == 0 and rows[1]["data_sizes"]
+    assert summary["final"]["iteration"] == 1
+
+
+def test_each_generator_learns_only_its_own_agreeing_answers(reference):
+    run_dir, _ = reference
+    task = load_task(make().task)
+    records = rundir.read_jsonl(run_dir / "iter_0/debate_train.jsonl")
+    sizes = rundir.read_json(run_dir / "iter_1/data/sizes.json")
+    for n in range(3):
+        agreeing = [r for r in records if agrees(task, r["answers"][0][n], r["majority"])]
+        data = rundir.read_jsonl(run_dir / f"iter_1/data/gen{n}.jsonl")
+        assert sizes[f"gen{n}"]["n"] == len(data) == len(agreeing)
+        assert [e["messages"] for e in data] == [r["conversations"][n][:2] for r in agreeing]
+        if data:  # trained and saved in PEFT format, then used by that agent
+            assert (run_dir / f"iter_1/adapters/gen{n}/adapter_config.json").is_file()
+    assert sum(s["n"] for s in sizes.values()) > 0
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL at a chosen point."""
+
+
+def test_killed_between_stages_and_inside_training_resumes_to_the_same_files(
+    reference, tmp_path, monkeypatch
+):
+    reference_dir, _ = reference
+    with monkeypatch.context() as patch:  # killed after the debates, before selection
+        patch.setattr(loop, "selection_stage", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            loop.run(make(), tmp_path)
+    assert (tmp_path / "iter_0/debate_train.jsonl").exists() and not (tmp_path / "iter_1").exists()
+
+    seen: list[str] = []
+    step = training.AdapterModule.training_step
+
+    def dies_in_second_adapter(self, batch, batch_idx):
+        if self.model.active_adapter not in seen:
+            seen.append(self.model.active_adapter)
+        if len(seen) == 2:
+            raise Killed()
+        return step(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:  # killed inside the second adapter's training
+        patch.setattr(training.AdapterModule, "training_step", dies_in_second_adapter)
+        with pytest.raises(Killed):
+            loop.run(make(), tmp_path)
+    assert len(list((tmp_path / "iter_1/adapters").iterdir())) == 1  # one adapter finished
+
+    loop.run(make(), tmp_path)
+    assert snapshot(tmp_path) == snapshot(reference_dir)
+
+
+def test_a_finished_run_is_not_redone(reference):
+    run_dir, summary = reference
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")}
+    assert loop.run(make(), run_dir)["final"] == summary["final"]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")} == stamps
+
+
+def test_resume_with_a_changed_config_names_the_difference(reference):
+    run_dir, _ = reference
+    with pytest.raises(ConfigError, match=r"finetune.critic_weight: 0.5 -> 0.7"):
+        loop.run(make("finetune.critic_weight=0.7"), run_dir)
+
+
+@pytest.mark.parametrize(
+    "method,adapters",
+    [("single_agent_ft", {"gen0", "critic0"}), ("majority_ft", {"gen0"}), ("star", {"gen0"})],
+)
+def test_baselines_train_one_shared_pair(method, adapters, tmp_path):
+    summary = loop.run(make(f"method={method}"), tmp_path)
+    sizes = rundir.read_json(tmp_path / "iter_1/data/sizes.json")
+    assert set(sizes) == adapters
+    assert summary["final"]["iteration"] == 1
+    if method == "star":  # wrong answers re-asked with the true answer as a hint
+        assert (tmp_path / "iter_0/rationalisations.jsonl").exists()
+
+
+def test_without_critics_only_generators_are_trained(tmp_path):
+    loop.run(make("method.train_critics=false", "iterations=1"), tmp_path)
+    assert set(rundir.read_json(tmp_path / "iter_1/data/sizes.json")) == {"gen0", "gen1", "gen2"}
+
+
+def test_nothing_to_learn_stops_clearly_and_keeps_iteration_0(tiny_model_dir, tmp_path):
+    # A random model parses no answer, so no question has a majority and no data exists.
+    with pytest.raises(DataError, match="nothing to learn"):
+        loop.run(make(f"model.path={tiny_model_dir}", "generation.max_new_tokens=8"), tmp_path)
+    assert len(rundir.read_jsonl(tmp_path / "metrics.jsonl")) == 1
