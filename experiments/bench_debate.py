@@ -96,7 +96,10 @@ def main() -> None:
     task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=args.questions, seed=0)))
     problems = task.split("eval")
     gen = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, temperature=args.temperature
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        cache=args.cache,
     )
     agents = roles(args.agents, shared=False, trained=())
 
@@ -115,7 +118,8 @@ def main() -> None:
         return go
 
     batched = bench("batched", debate(gen, one_at_a_time=False))
-    single = bench("official", debate(replace(gen, batch_size=1), one_at_a_time=True))
+    # The official code calls generate() with Hugging Face's default (dynamic) cache.
+    single = bench("official", debate(replace(gen, batch_size=1, cache="dynamic"), one_at_a_time=True))
     speedup = batched["tokens_per_s"] / single["tokens_per_s"]
     print(f"speed-up (tokens/s, batched / official): {speedup:.1f}x")
     results = {

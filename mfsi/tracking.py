@@ -107,7 +107,11 @@ class Tracker:
 
     def finish(self) -> None:
         if self.wandb is not None:
+            offline = self.wandb.settings.mode == "offline"
+            folder = Path(self.wandb.dir).parent
             self.wandb.finish()
+            if offline:
+                print(f"W&B offline run: {folder} (upload with: wandb sync {folder})")
 
 
 def _figure():
