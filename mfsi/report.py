@@ -81,7 +81,10 @@ def load_runs(paths: list[Path]) -> list[Run]:
             continue
         rows = [by_iteration[i] for i in sorted(by_iteration)]
         config = metrics.parent / "config.yaml"
-        planned = (yaml.safe_load(config.read_text()) or {}).get("iterations") if config.exists() else None
+        settings = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
+        planned = settings.get("iterations")
+        if settings.get("method", {}).get("selection") == "none":  # the loop stops after iteration 0
+            planned = 0
         runs.append(Run(metrics.parent, rows, planned is None or rows[-1]["iteration"] >= planned))
     return runs
 

@@ -125,3 +125,12 @@ def test_latest_row_of_an_iteration_wins_and_runs_without_config_count_as_finish
     (tmp_path / "r" / "config.yaml").unlink()
     build_report([tmp_path], tmp_path / "out")
     assert "|  | STaR | – | 70.00 ± 1.00 | – |" in lines_of(tmp_path / "out" / "table1.md")
+
+
+def test_methods_without_finetuning_are_finished_after_iteration_0(tmp_path):
+    # A sweep sets iterations=1 for every method, but base/majority/debate stop at iteration 0.
+    make_run(tmp_path, "d", "debate", "math", [0.4], iterations=1)
+    config = tmp_path / "d" / "config.yaml"
+    config.write_text(config.read_text().replace("name: debate", "name: debate\n  selection: none"))
+    build_report([tmp_path], tmp_path / "out")
+    assert "|  | Debate | – | – | 40.00 ± 1.00 |" in lines_of(tmp_path / "out" / "table1.md")
