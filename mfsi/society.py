@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from mfsi.errors import ConfigError
+from mfsi.paths import ROOT, find
 
 # Before peft imports bitsandbytes, which warns about an optional CPU kernel package.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -32,15 +33,7 @@ from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository root
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def find(path: str) -> Path | None:
-    """The local file or folder at path: relative paths are tried in cwd, then the repository root."""
-    given = Path(os.path.expanduser(path))
-    candidates = [given] if given.is_absolute() else [given, ROOT / given]
-    return next((c for c in candidates if c.exists()), None)
 
 
 def resolve(path: str) -> Path | None:

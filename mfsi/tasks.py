@@ -25,6 +25,7 @@ from typing import Any
 
 from mfsi import grading
 from mfsi.errors import DataError
+from mfsi.paths import find
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def load_task(cfg: Any) -> Task:
         return Arithmetic({"eval": pool[: cfg.n_eval], "train": pool[cfg.n_eval :]})
     if cfg.name not in ("gsm", "math"):
         raise DataError(f"unknown task {cfg.name!r}: expected arithmetic, gsm or math")
-    raw = _local_parts(_resolve(cfg.path)) if cfg.path else _hub_parts(cfg)
+    raw = _local_parts(find(cfg.path) or Path(cfg.path).expanduser()) if cfg.path else _hub_parts(cfg)
     pools: dict[str, list[Problem]] = {}
     for part, records in raw.items():
         if cfg.name == "gsm":
@@ -293,8 +294,3 @@ def load_task(cfg: Any) -> Task:
             pools[part] = [p for r, i, w in records if (p := _math_problem(r, i, w, list(cfg.levels)))]
     task_class = GSM if cfg.name == "gsm" else MATH
     return task_class(_draw(pools, cfg.n_train, cfg.n_eval, cfg.seed))
-
-
-def _resolve(path: str) -> Path:
-    """A relative path is read from the working directory (Hydra does not change it)."""
-    return Path(os.path.expanduser(path))

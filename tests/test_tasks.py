@@ -71,6 +71,16 @@ def test_gsm_from_official_jsonl_folder():
     assert task.is_correct(task.extract_answer(r"so \boxed{1,600}"), "1600")
 
 
+def test_relative_data_path_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    # Like model.path: the working directory first, then the repository root.
+    monkeypatch.chdir(tmp_path)
+    relative = str((FIXTURES / "gsm").relative_to(FIXTURES.parents[1]))
+    task = load_task(task_cfg(name="gsm", path=relative, n_train=10, n_eval=6))
+    assert ids(task, "eval") == ids(
+        load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm"), n_train=10, n_eval=6)), "eval"
+    )
+
+
 def test_gsm_single_file_is_split_disjointly():
     task = load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm" / "train.jsonl"), n_train=6, n_eval=4))
     assert len(task.split("train")) == 6 and len(task.split("eval")) == 4
