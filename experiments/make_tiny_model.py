@@ -7,8 +7,9 @@ A 0.9M-parameter character-level Llama (mfsi/charlm.py) learns the arithmetic ta
 a+b*c+d-e*f from generated data, speaking exactly the prompts the pipeline sends: every
 conversation is built with the task layer's prompt builders (Arithmetic.prompt,
 Task.debate_prompt) and rendered with mfsi.chat.render, the loss on the last assistant
-turn only. Answers are a short chain, e.g. "4*5=20, 7*8=56, 3+20=23, 23+6=29, 29-56=-27.
-\\boxed{-27}".
+turn only. Answers are a short chain, e.g. "4*25=100, 27*8=216, 3+100=103, 103+6=109,
+109-216=-(216-109)=-(116-9)=-107. \\boxed{-107}": subtractions are written in easy steps
+(see `difference`), the rest in one.
 
 Stage 1: single-turn questions, plus debate turns whose other agents' solutions are
 synthetic (half with one planted slip carried through the chain).
@@ -30,7 +31,6 @@ import math
 import random
 import re
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +42,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, 
 from mfsi.charlm import build_tokenizer, llama_config
 from mfsi.chat import Message, render
 from mfsi.config import GenerationConfig
+from mfsi.debate import run_debate
 from mfsi.generation import HFBackend
+from mfsi.metrics import mean
 from mfsi.tasks import Arithmetic, Problem, arithmetic_expression
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
@@ -58,16 +60,17 @@ class Recipe:
     layers: int = 4
     heads: int = 4
     ffn: int = 384
-    stage1_steps: int = 2400
-    stage2_steps: int = 600
+    stage1_steps: int = 2100
+    stage2_steps: int = 800
     refreshes: int = 2  # stage 2 re-samples the model's own solutions this many times
+    uses_per_sample_set: int = 4  # debate conversations drawn from each problem's 5 own samples
     batch: int = 32
     debate_batch: int = 8  # debate conversations are ~4x longer than single turns
     lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.01
     stage1_debate_share: float = 0.15  # of stage-1 steps, synthetic debate batches
-    stage2_debate_share: float = 0.5  # of stage-2 steps, own-sample debate batches
+    stage2_debate_share: float = 0.6  # of stage-2 steps, own-sample debate batches
     five_agent_share: float = 0.25  # debate turns showing 4 others (5 agents), else 2
     log_every: int = 300  # steps between accuracy checks
     log_n: int = 100  # held-out questions per accuracy check
@@ -78,6 +81,16 @@ class Recipe:
 
 
 # --- data -----------------------------------------------------------------------------
+def difference(x: int, y: int) -> list[str]:
+    """The intermediate forms of x-y, each easy to write left to right: y's hundreds come
+    off first (343-288=143-88=55), and a negative result is the positive difference
+    negated (245-575=-(575-245)=-(375-45)=-330). Subtracting a 3-digit number in one go
+    was the tiny model's most common mistake."""
+    if x < y:
+        return [f"-({y}-{x})"] + [f"-({form})" for form in difference(y, x)]
+    return [f"{x - y // 100 * 100}-{y % 100}"] if y >= 100 else []
+
+
 def solution(expression: str, slip: int | None = None, rng: random.Random | None = None) -> str:
     """The step-by-step answer; with slip=k, step k is off and the error carries on."""
     a, b, c, d, e, f = map(int, re.findall(r"\d+", expression))
@@ -87,7 +100,8 @@ def solution(expression: str, slip: int | None = None, rng: random.Random | None
         if slip == len(values):
             value += rng.choice([-10, -2, -1, 1, 2, 10])
         values.append(value)
-        text.append(f"{x}{op}{y}={value}")
+        forms = difference(x, y) if op == "-" else []
+        text.append(f"{x}{op}{y}=" + "=".join([*forms, str(value)]))
         return value
 
     bc = step(b, "*", c, b * c)
@@ -138,61 +152,29 @@ def collate(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, 
     width = max(len(ids) for ids, _ in examples)
     ids = [x + [pad] * (width - len(x)) for x, _ in examples]
     labels = [y + [-100] * (width - len(y)) for _, y in examples]
-    attention = [[1] * len(x) + [0] * (width - len(x)) for x, _ in examples]
-    return {
-        "input_ids": torch.tensor(ids),
-        "labels": torch.tensor(labels),
-        "attention_mask": torch.tensor(attention),
-    }
+    # Right padding under a causal mask: no real token sees a pad, so no attention mask is
+    # needed, which lets SDPA take its faster causal path (10-15% per step on the CPU).
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
 
 
 # --- evaluation -----------------------------------------------------------------------
-def majority(answers: list[str | None], rng: random.Random) -> str | None:
-    """Most common parsed answer (answers are canonical numbers, so equal strings are
-    equal values); unparsed ones do not vote; ties broken by a seeded random choice."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return rng.choice(sorted(a for a, c in counts.items() if c == top))
-
-
 def evaluate(
     backend: HFBackend, problems: list[Problem], seed: int, rounds: int = 2, agents: int = 3
 ) -> dict:
-    """Single-agent accuracy (mean over agents' round-1 samples), parse rate, majority of
-    the round-1 samples, and a concatenation debate's majority after `rounds` rounds."""
-    rng = random.Random(seed)
-    convs = [[TASK.prompt(p) for _ in range(agents)] for p in problems]
-    by_round = []
-    for r in range(rounds):
-        if r > 0:
-            previous = by_round[-1]["texts"]
-            for q, agent_convs in enumerate(convs):
-                for a, conv in enumerate(agent_convs):
-                    others = [previous[q][o] for o in range(agents) if o != a]
-                    conv += [{"role": "assistant", "content": previous[q][a]}, TASK.debate_prompt(others)]
-        flat = backend.generate([(None, c) for cs in convs for c in cs], seed=seed + r, desc=f"round {r + 1}")
-        texts = [flat[q * agents : (q + 1) * agents] for q in range(len(problems))]
-        parsed = [[TASK.extract_answer(t) for t in ts] for ts in texts]
-        votes = [majority(answers, rng) for answers in parsed]
-        by_round.append(
-            {
-                "texts": texts,
-                "single": sum(TASK.is_correct(a, p.answer) for p, ps in zip(problems, parsed) for a in ps)
-                / (len(problems) * agents),
-                "parse_rate": sum(a is not None for ps in parsed for a in ps) / (len(problems) * agents),
-                "majority": sum(TASK.is_correct(v, p.answer) for p, v in zip(problems, votes))
-                / len(problems),
-            }
-        )
+    """The pipeline's own concatenation debate (mfsi.debate) with the bare model as every
+    agent: per round, the agents' accuracy, parse rate and the majority's accuracy.
+    single_accuracy is round 1's agent accuracy (independent samples)."""
+    records = run_debate(TASK, problems, backend, [(None, None)] * agents, rounds, summarize=False, seed=seed)
     result = {"n": len(problems), "agents": agents, "rounds": rounds}
-    result["single_accuracy"] = by_round[0]["single"]
-    result["parse_rate"] = by_round[0]["parse_rate"]
-    for r, stats in enumerate(by_round, 1):
-        result[f"round{r}_agent_accuracy"] = stats["single"]
-        result[f"round{r}_parse_rate"] = stats["parse_rate"]
-        result[f"round{r}_majority"] = stats["majority"]
+    for m in range(rounds):
+        answers = [(a, r["gold"]) for r in records for a in r["answers"][m]]
+        result[f"round{m + 1}_agent_accuracy"] = mean(TASK.is_correct(a, gold) for a, gold in answers)
+        result[f"round{m + 1}_parse_rate"] = mean(a is not None for a, _ in answers)
+        result[f"round{m + 1}_majority"] = mean(
+            TASK.is_correct(r["majorities"][m], r["gold"]) for r in records
+        )
+    result["single_accuracy"] = result["round1_agent_accuracy"]
+    result["parse_rate"] = result["round1_parse_rate"]
     return result
 
 
@@ -203,7 +185,7 @@ def own_samples(backend: HFBackend, problems: list[Problem], k: int, seed: int) 
     return [flat[i * k : (i + 1) * k] for i in range(len(problems))]
 
 
-def train(out: Path, recipe: Recipe) -> float:
+def train(out: Path, recipe: Recipe, device: str = "cpu") -> float:
     """Build, train and save the model and tokenizer in `out`; returns training minutes."""
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -213,7 +195,7 @@ def train(out: Path, recipe: Recipe) -> float:
     gen_cfg = GenerationConfig(**conf["generation"])
     tokenizer = build_tokenizer()
     shape = dict(hidden=recipe.hidden, layers=recipe.layers, heads=recipe.heads, ffn=recipe.ffn)
-    model = LlamaForCausalLM(llama_config(len(tokenizer), context=context, **shape))
+    model = LlamaForCausalLM(llama_config(len(tokenizer), context=context, **shape)).to(device)
     backend = HFBackend(model, tokenizer, gen_cfg, context_length=context)
     held_out = held_out_questions(recipe.eval_n, recipe.eval_seed)
     exclude = {p.question for p in held_out}
@@ -246,8 +228,8 @@ def train(out: Path, recipe: Recipe) -> float:
         if step in refresh_at:  # stage 2 data: the current model's own samples
             model.eval()
             chunk = recipe.stage2_steps // recipe.refreshes
-            # each problem's 5 samples serve about two conversations (different subsets)
-            n = max(1, round(chunk * recipe.stage2_debate_share * recipe.debate_batch / 2))
+            uses = recipe.uses_per_sample_set  # each use draws a different subset of the 5
+            n = max(1, round(chunk * recipe.stage2_debate_share * recipe.debate_batch / uses))
             problems = [question(rng, exclude) for _ in range(n)]
             pool = list(zip(problems, own_samples(backend, problems, 5, seed=recipe.seed + step)))
             model.train()
@@ -274,7 +256,8 @@ def train(out: Path, recipe: Recipe) -> float:
             continue
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr * lr_at(step)
-        loss = model(**collate(examples, tokenizer.pad_token_id)).loss
+        batch = {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
+        loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -310,14 +293,14 @@ def train(out: Path, recipe: Recipe) -> float:
     return (time.time() - start) / 60
 
 
-def evaluate_folder(out: Path, recipe: Recipe) -> dict:
+def evaluate_folder(out: Path, recipe: Recipe, device: str = "cpu") -> dict:
     """Evaluate the saved files (exactly what ships) on the held-out questions, with the
     generation settings of conf/model/tiny.yaml; merge the result into eval.json."""
     torch.set_num_threads(recipe.threads)
     conf = yaml.safe_load(CONF.read_text())
     gen_cfg = GenerationConfig(**conf["generation"])
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).to(device).eval()
     backend = HFBackend(model, tokenizer, gen_cfg, context_length=conf["model"]["context_length"])
     start = time.time()
     result = evaluate(backend, held_out_questions(recipe.eval_n, recipe.eval_seed), seed=recipe.seed)
@@ -346,18 +329,23 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="wall-clock cap on training (not reproducible)")
     parser.add_argument("--eval-n", type=int, default=Recipe.eval_n)
     parser.add_argument("--threads", type=int, default=Recipe.threads)
+    parser.add_argument("--device", default="cpu", help="the shipped model was made on the CPU")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="change a recipe field")
     parser.add_argument("--eval-only", action="store_true", help="re-evaluate the model in --out")
     args = parser.parse_args()
     recipe = Recipe(seed=args.seed, minutes=args.minutes, eval_n=args.eval_n, threads=args.threads)
+    for assignment in args.set:
+        name, value = assignment.split("=", 1)
+        setattr(recipe, name, type(getattr(recipe, name))(value))
     if args.steps is not None:
         stage2 = round(args.steps * recipe.stage2_steps / (recipe.stage1_steps + recipe.stage2_steps))
         recipe.stage1_steps, recipe.stage2_steps = args.steps - stage2, stage2
         recipe.log_every = min(recipe.log_every, args.steps)
     recipe.log_n = min(recipe.log_n, recipe.eval_n)
     if not args.eval_only:
-        minutes = train(args.out, recipe)
+        minutes = train(args.out, recipe, args.device)
         (args.out / "eval.json").write_text(json.dumps({"train_minutes": round(minutes, 1)}) + "\n")
-    evaluate_folder(args.out, recipe)
+    evaluate_folder(args.out, recipe, args.device)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,16 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiments import make_tiny_model
-from experiments.make_tiny_model import Recipe, evaluate, evaluate_folder, held_out_questions, train
+from experiments.make_tiny_model import (
+    Recipe,
+    difference,
+    evaluate,
+    evaluate_folder,
+    held_out_questions,
+    question,
+    solution,
+    train,
+)
 from mfsi.config import GenerationConfig
 from mfsi.generation import HFBackend
 from mfsi.tasks import Arithmetic, Problem
@@ -33,6 +43,25 @@ def shipped():
 def backend(model, tokenizer, **overrides) -> HFBackend:
     cfg = GenerationConfig(**{**CONF["generation"], **overrides})
     return HFBackend(model, tokenizer, cfg, context_length=CONF["model"]["context_length"])
+
+
+def test_subtraction_is_written_in_easy_steps():
+    assert difference(343, 13) == []  # a 2-digit subtrahend goes in one step
+    assert difference(343, 288) == ["143-88"]
+    assert difference(45, 575) == ["-(575-45)"]
+    assert difference(245, 575) == ["-(575-245)", "-(375-45)"]
+
+
+def test_solutions_are_consistent_chains_that_fit_the_generation_budget():
+    rng = random.Random(0)
+    for _ in range(2000):
+        p = question(rng, set())
+        text = solution(p.question)
+        steps, boxed = text.split(". \\boxed{")
+        assert boxed == p.answer + "}"
+        for step in steps.split(", "):  # every form of a step has the step's value
+            assert len({eval(form) for form in step.split("=")}) == 1, step  # digits, +-*() only
+        assert len(text) + 1 <= CONF["generation"]["max_new_tokens"]  # one token per character, <|end|>
 
 
 def test_loads_offline_and_answers_a_task_prompt(shipped):
