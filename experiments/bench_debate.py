@@ -39,6 +39,22 @@ class OneAtATime:
         return [self.backend.generate([r], seed=seed + i)[0] for i, r in enumerate(requests)]
 
 
+class ByRound:
+    """Wraps a backend to add up seconds and new tokens per debate round (the call's desc)."""
+
+    def __init__(self, inner, stats):
+        self.inner, self.stats = inner, stats
+        self.rounds: dict[str, dict] = {}
+
+    def generate(self, requests, seed: int, desc: str = "") -> list[str]:
+        tokens, start = self.stats.new_tokens, time.perf_counter()
+        texts = self.inner.generate(requests, seed=seed, desc=desc)
+        entry = self.rounds.setdefault(desc, {"seconds": 0.0, "new_tokens": 0})
+        entry["seconds"] += time.perf_counter() - start
+        entry["new_tokens"] += self.stats.new_tokens - tokens
+        return texts
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory since the last reset (VmHWM), else since process start."""
     try:
@@ -60,17 +76,20 @@ def reset_peak() -> None:
 def bench(name: str, debate) -> dict:
     reset_peak()
     start = time.perf_counter()
-    backend = debate()
+    timed = debate()
     seconds = time.perf_counter() - start
-    tokens = backend.stats.new_tokens
+    tokens = timed.stats.new_tokens
     result = {
         "seconds": seconds,
         "new_tokens": tokens,
         "tokens_per_s": tokens / seconds,
         "peak_rss_mb": peak_rss_mb(),
+        "by_round": timed.rounds,
     }
     rate, peak = result["tokens_per_s"], result["peak_rss_mb"]
     print(f"{name:>9}: {tokens} tokens in {seconds:.1f} s = {rate:.0f} tok/s, peak RSS {peak:.0f} MB")
+    for desc, r in timed.rounds.items():
+        print(f"{'':>11}{desc}: {r['new_tokens']} tokens in {r['seconds']:.1f} s")
     return result
 
 
@@ -104,16 +123,17 @@ def main() -> None:
     agents = roles(args.agents, shared=False, trained=())
 
     def debate(cfg: GenerationConfig, one_at_a_time: bool):
-        def go() -> HFBackend:
+        def go() -> ByRound:
             backend = HFBackend(
                 model, tokenizer, OmegaConf.structured(cfg), context_length=args.context_length
             )
+            timed = ByRound(OneAtATime(backend) if one_at_a_time else backend, backend.stats)
             if one_at_a_time:  # the official loop: question by question, agent by agent
                 for problem in problems:
-                    run_debate(task, [problem], OneAtATime(backend), agents, args.rounds, False, seed=0)
+                    run_debate(task, [problem], timed, agents, args.rounds, False, seed=0)
             else:
-                run_debate(task, problems, backend, agents, args.rounds, False, seed=0)
-            return backend
+                run_debate(task, problems, timed, agents, args.rounds, False, seed=0)
+            return timed
 
         return go
 
