@@ -1,6 +1,6 @@
 """The paper's tables and plots from run directories (reads metrics.jsonl; W&B not needed).
 
-    python -m mfsi.report runs/ [more runs or folders of runs ...] [--out report/]
+    python -m mfsi.report runs/ [more runs or folders of runs ...] [--out report/] [--iteration K]
     build_report(["runs/"], "report/")  # the same from Python; returns what it read and wrote
 
 Every metrics.jsonl under the given paths is one run (its folder, with config.yaml beside
@@ -14,6 +14,8 @@ it); only eval-split rows count, the latest row per iteration. Written to --out:
 Cells are "accuracy ± stderr" in %. Several runs in one cell (seeds) give the mean over runs
 ± the standard error of that mean, then "(k runs)". A run that stopped before its configured
 iterations is used only where no finished run fills the cell, and the cell is marked "*".
+With --iteration K everything is read as of iteration K (rows after K are ignored; a run
+counts as finished once it reached K), e.g. Table 2 after one iteration from 5-iteration runs.
 """
 
 from __future__ import annotations
@@ -72,19 +74,22 @@ class Run:
         return self.last["model"], self.last["task"], self.last.get("variant") or self.last["method"]
 
 
-def load_runs(paths: list[Path]) -> list[Run]:
-    """Every run with at least one eval row under paths (a run directory or any parent)."""
+def load_runs(paths: list[Path], iteration: int | None = None) -> list[Run]:
+    """Every run with at least one eval row under paths (a run directory or any parent),
+    read up to `iteration` when given."""
     runs = []
     for metrics in sorted({m for p in paths for m in Path(p).rglob("metrics.jsonl")}):
         by_iteration = {r["iteration"]: r for r in rundir.read_jsonl(metrics) if r.get("split") == "eval"}
-        if not by_iteration:
+        rows = [by_iteration[i] for i in sorted(by_iteration) if iteration is None or i <= iteration]
+        if not rows:
             continue
-        rows = [by_iteration[i] for i in sorted(by_iteration)]
         config = metrics.parent / "config.yaml"
         settings = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
         planned = settings.get("iterations")
         if settings.get("method", {}).get("selection") == "none":  # the loop stops after iteration 0
             planned = 0
+        if iteration is not None and planned is not None:
+            planned = min(planned, iteration)
         runs.append(Run(metrics.parent, rows, planned is None or rows[-1]["iteration"] >= planned))
     return runs
 
@@ -121,7 +126,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
 
-def table1(groups: dict[tuple, list[Run]]) -> str:
+def table1(groups: dict[tuple, list[Run]], at: str) -> str:
     models = sorted({model for model, _, variant in groups if variant in METHODS})
     rows = [
         [model if i == 0 else "", name, *(cell(groups.get((model, task, method), [])) for task in TASKS)]
@@ -129,13 +134,13 @@ def table1(groups: dict[tuple, list[Run]]) -> str:
         for i, (method, name) in enumerate(METHODS.items())
     ]
     body = markdown_table(["model", "method", *TASKS], rows) if rows else "No runs of these methods.\n"
-    return "# Table 1: accuracy (%) on held-out questions, last iteration\n\n" + body + NOTE
+    return f"# Table 1: accuracy (%) on held-out questions, {at}\n\n" + body + NOTE
 
 
-def table2(groups: dict[tuple, list[Run]]) -> str:
+def table2(groups: dict[tuple, list[Run]], at: str) -> str:
     extra = sorted({variant for _, _, variant in groups} - set(METHODS) - set(ABLATIONS))
     variants = {**ABLATIONS, **{v: v for v in extra}}
-    text = "# Table 2: ablations, accuracy (%) at the last iteration\n"
+    text = f"# Table 2: ablations, accuracy (%), {at}\n"
     tasks = [
         t for t in TASKS if any(k[1] == t and k[2] in variants and k[2] != "multiagent_ft" for k in groups)
     ]
@@ -225,15 +230,17 @@ def demote(markdown: str) -> str:
     return "".join("#" + line if line.startswith("#") else line for line in markdown.splitlines(True))
 
 
-def build_report(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
-    """Read the runs under run_dirs, write the tables, plots and report.md into out_dir."""
+def build_report(run_dirs: list[str | Path], out_dir: str | Path, iteration: int | None = None) -> dict:
+    """Read the runs under run_dirs (up to `iteration`), write the tables, plots and report.md
+    into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs([Path(p) for p in run_dirs])
+    runs = load_runs([Path(p) for p in run_dirs], iteration)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.key].append(run)
-    tables = {"table1.md": table1(groups), "table2.md": table2(groups)}
+    at = "last iteration" if iteration is None else f"iteration {iteration} (or the last before it)"
+    tables = {"table1.md": table1(groups, at), "table2.md": table2(groups, at)}
     for name, text in tables.items():
         rundir.write_text(out / name, text)
     plots = {
@@ -260,8 +267,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="run directories or folders holding them")
     parser.add_argument("--out", default="report", help="where to write (default: report/)")
+    parser.add_argument("--iteration", type=int, help="read every run as of this iteration")
     args = parser.parse_args()
-    result = build_report(args.run_dirs, args.out)
+    result = build_report(args.run_dirs, args.out, args.iteration)
     print(f"{len(result['runs'])} runs -> {Path(args.out) / 'report.md'}")
 
 

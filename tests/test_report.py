@@ -134,3 +134,17 @@ def test_methods_without_finetuning_are_finished_after_iteration_0(tmp_path):
     config.write_text(config.read_text().replace("name: debate", "name: debate\n  selection: none"))
     build_report([tmp_path], tmp_path / "out")
     assert "|  | Debate | – | – | 40.00 ± 1.00 |" in lines_of(tmp_path / "out" / "table1.md")
+
+
+def test_tables_as_of_an_earlier_iteration(tmp_path):
+    make_run(tmp_path, "ours", "multiagent_ft", "math", [0.5, 0.6, 0.7, 0.8])
+    make_run(tmp_path, "single", "single_agent_ft", "math", [0.5, 0.55, 0.5])
+    make_run(tmp_path, "cut", "multiagent_ft", "math", [0.5], iterations=1, variant="no_critics")  # not at 1
+    make_run(tmp_path, "base", "base", "math", [0.45], iterations=0)
+    build_report([tmp_path], tmp_path / "out", iteration=1)
+    table2 = lines_of(tmp_path / "out" / "table2.md")
+    assert "# Table 2: ablations, accuracy (%), iteration 1 (or the last before it)" in table2
+    assert "| multiagent FT | 60.00 ± 1.00 |" in table2
+    assert "| single-agent FT | 55.00 ± 1.00 |" in table2
+    assert "| without critics | 50.00 ± 1.00 * |" in table2
+    assert "| phi3 | Base | – | – | 45.00 ± 1.00 |" in lines_of(tmp_path / "out" / "table1.md")
