@@ -106,12 +106,13 @@ def main() -> None:
     parser.add_argument("--cache", default="static", choices=["dynamic", "static"], help="KV cache")
     parser.add_argument("--context-length", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
     parser.add_argument("--out", default="results.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=args.model)))
+    model, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=args.model, dtype=args.dtype)))
     task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=args.questions, seed=0)))
     problems = task.split("eval")
     gen = GenerationConfig(
