@@ -44,7 +44,7 @@ from mfsi.chat import Message, render
 from mfsi.config import GenerationConfig
 from mfsi.debate import run_debate
 from mfsi.generation import HFBackend
-from mfsi.metrics import mean
+from mfsi.metrics import debate_metrics, mean
 from mfsi.tasks import Arithmetic, Problem, arithmetic_expression
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
@@ -153,7 +153,7 @@ def collate(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, 
     ids = [x + [pad] * (width - len(x)) for x, _ in examples]
     labels = [y + [-100] * (width - len(y)) for _, y in examples]
     # Right padding under a causal mask: no real token sees a pad, so no attention mask is
-    # needed, which lets SDPA take its faster causal path (10-15% per step on the CPU).
+    # needed, which lets SDPA take its faster causal path (7-16% per step on the CPU).
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
 
 
@@ -166,13 +166,12 @@ def evaluate(
     single_accuracy is round 1's agent accuracy (independent samples)."""
     records = run_debate(TASK, problems, backend, [(None, None)] * agents, rounds, summarize=False, seed=seed)
     result = {"n": len(problems), "agents": agents, "rounds": rounds}
+    majority_by_round = debate_metrics(records, TASK)["accuracy_by_round"]
     for m in range(rounds):
         answers = [(a, r["gold"]) for r in records for a in r["answers"][m]]
         result[f"round{m + 1}_agent_accuracy"] = mean(TASK.is_correct(a, gold) for a, gold in answers)
         result[f"round{m + 1}_parse_rate"] = mean(a is not None for a, _ in answers)
-        result[f"round{m + 1}_majority"] = mean(
-            TASK.is_correct(r["majorities"][m], r["gold"]) for r in records
-        )
+        result[f"round{m + 1}_majority"] = majority_by_round[m]
     result["single_accuracy"] = result["round1_agent_accuracy"]
     result["parse_rate"] = result["round1_parse_rate"]
     return result
