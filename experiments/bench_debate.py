@@ -5,9 +5,10 @@
 
 Both runs debate the same arithmetic questions with the same model, agents, rounds,
 max_new_tokens and sampling settings, in this process: (a) run_debate with HFBackend,
-batched over questions x agents; (b) the official pattern: one question at a time, one
-agent at a time, batch size 1. Prints generated tokens/s of each, the speed-up, and the
-peak resident memory of each run (VmHWM, reset between runs where Linux allows).
+batched over questions x agents, with our decode loop; (b) the official pattern: one
+question at a time, one agent at a time, batch size 1, Hugging Face's model.generate.
+Prints generated tokens/s of each, the speed-up, and the peak resident memory of each
+run (VmHWM, reset between runs where Linux allows).
 """
 
 from __future__ import annotations
@@ -100,10 +101,9 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=96)  # as conf/model/tiny.yaml
-    # On 2 CPU cores batches of 64 with a static cache were fastest (bigger batches thrash the cache).
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)  # as conf/model/tiny.yaml
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--cache", default="static", choices=["dynamic", "static"], help="KV cache")
+    parser.add_argument("--decoder", default="mfsi", choices=["mfsi", "hf"], help="of the batched run")
     parser.add_argument("--context-length", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
@@ -119,7 +119,7 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         temperature=args.temperature,
-        cache=args.cache,
+        decoder=args.decoder,
     )
     agents = roles(args.agents, shared=False, trained=())
 
@@ -139,8 +139,8 @@ def main() -> None:
         return go
 
     batched = bench("batched", debate(gen, one_at_a_time=False))
-    # The official code calls generate() with Hugging Face's default (dynamic) cache.
-    single = bench("official", debate(replace(gen, batch_size=1, cache="dynamic"), one_at_a_time=True))
+    # The official code calls Hugging Face's model.generate with its default (dynamic) cache.
+    single = bench("official", debate(replace(gen, batch_size=1, decoder="hf"), one_at_a_time=True))
     speedup = batched["tokens_per_s"] / single["tokens_per_s"]
     print(f"speed-up (tokens/s, batched / official): {speedup:.1f}x")
     results = {

@@ -59,7 +59,8 @@ class GenerationConfig:
     max_new_tokens: int = 1024
     batch_size: int = 32
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
-    cache: str = "dynamic"  # KV cache: dynamic | static (preallocated: faster for big batches on CPU)
+    decoder: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
+    prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
 
 
 @dataclass
@@ -144,7 +145,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
     "finetune.init": ("previous", "base"),
-    "generation.cache": ("dynamic", "static"),
+    "generation.decoder": ("mfsi", "hf"),
     "logger.name": ("wandb", "none"),
 }
 

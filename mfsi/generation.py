@@ -4,11 +4,12 @@
     texts = backend.generate([("gen0", messages), (None, other)], seed=0)
 
 Requests are grouped by adapter (None = the bare base model), sorted by prompt length to
-limit padding, left-padded and generated with the KV cache. With mixed_adapters=True a
-batch spans adapters through PEFT's `adapter_names` instead; cache="static" preallocates
-the KV cache (same output; on CPU it avoids re-copying a big batch's cache at every
-token). A prompt that does not fit the context with max_new_tokens is cut from the left
-and counted in `stats`.
+limit padding, left-padded and generated with a KV cache. With mixed_adapters=True a
+batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (default) is
+our own loop: the KV cache is allocated once, the prompt is prefilled in chunks and
+finished rows leave the batch; decoder="hf" calls model.generate, for models our loop
+cannot drive (it needs sdpa attention and a plain KV cache). A prompt that does not fit
+the context with max_new_tokens is cut from the left and counted in `stats`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class HFBackend:
                 f"generation.max_new_tokens={cfg.max_new_tokens} leaves no room for the prompt in "
                 f"model.context_length={context_length}: expected max_new_tokens < context_length"
             )
+        attention = model.config._attn_implementation
+        if cfg.decoder == "mfsi" and attention != "sdpa":
+            raise ConfigError(
+                f"generation.decoder=mfsi needs sdpa attention, this model uses {attention}: "
+                "set generation.decoder=hf"
+            )
         self.stats = Stats()
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -87,31 +94,132 @@ class HFBackend:
     def _batch(self, adapter: str | None, prompts: list[list[int]], names: list[str] | None) -> list[str]:
         width = max(map(len, prompts))
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        kwargs = dict(
-            input_ids=input_ids.to(self.model.device),
-            attention_mask=attention.to(self.model.device),
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        real = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+        )
+        decode = self._hf_generate if self.cfg.decoder == "hf" else self._decode
+        if names is None and adapter is None and hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                new = decode(input_ids, real, names)
+        else:
+            if names is None and adapter is not None:
+                self.model.set_adapter(adapter)
+            new = decode(input_ids, real, names)
+        self.stats.new_tokens += int((new != pad).sum())
+        self.stats.by_adapter[adapter or BASE] += len(prompts)
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def _hf_generate(self, input_ids, real, names: list[str] | None) -> torch.Tensor:
+        """Hugging Face's model.generate (dynamic KV cache): works with any causal LM."""
+        kwargs = dict(adapter_names=names) if names is not None else {}
+        if self.cfg.temperature > 0:
+            kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=real,
             max_new_tokens=self.cfg.max_new_tokens,
             do_sample=self.cfg.temperature > 0,
             eos_token_id=self.eos_ids,
-            pad_token_id=pad,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs,
         )
-        if self.cfg.cache != "dynamic":
-            kwargs["cache_implementation"] = self.cfg.cache
-        if self.cfg.temperature > 0:
-            kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
-        if names is not None:
-            out = self.model.generate(**kwargs, adapter_names=names)
-        elif adapter is None and hasattr(self.model, "disable_adapter"):
-            with self.model.disable_adapter():
-                out = self.model.generate(**kwargs)
-        else:
-            if adapter is not None:
-                self.model.set_adapter(adapter)
-            out = self.model.generate(**kwargs)
-        new = out[:, width:]
-        lengths = (new != pad).sum(dim=1)
-        self.stats.new_tokens += int(lengths.sum())
-        self.stats.by_adapter[adapter or BASE] += len(prompts)
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return out[:, input_ids.shape[1] :]
+
+    def _decode(self, input_ids, real, names: list[str] | None) -> torch.Tensor:
+        """Our decode loop: new token ids [batch, max_new_tokens], pad after the end.
+
+        The KV cache is preallocated (no per-token copy), the prompt is prefilled in chunks
+        of generation.prefill_chunk positions (a big batch's activations then stay in the CPU
+        cache) and finished rows are dropped from the batch once a quarter of it is done.
+        """
+        batch, width = input_ids.shape
+        pad, device = self.tokenizer.pad_token_id, input_ids.device
+        eos = torch.tensor(self.eos_ids, device=device)
+        # visible[b, 0, 0, j]: row b's queries may attend to position j (not left padding,
+        # already written); each query also needs j <= its own position (causal).
+        visible = torch.zeros(batch, 1, 1, width + self.cfg.max_new_tokens, dtype=torch.bool, device=device)
+        visible[:, 0, 0, :width] = real.bool()
+        position = (real.cumsum(-1) - 1).clamp(min=0)
+        cache = KVBuffer(width + self.cfg.max_new_tokens)
+        for start in range(0, width, self.cfg.prefill_chunk):
+            end = min(start + self.cfg.prefill_chunk, width)
+            causal = torch.arange(end, device=device) <= torch.arange(start, end, device=device)[:, None]
+            mask = visible[..., :end] & causal
+            logits = self._forward(input_ids[:, start:end], mask, position[:, start:end], cache, names)
+        rows = torch.arange(batch, device=device)  # the batch rows still generating
+        position = position[:, -1:]
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        new = torch.full((batch, self.cfg.max_new_tokens), pad, device=device)
+        for t in range(self.cfg.max_new_tokens):
+            token = self._sample(logits).masked_fill(done, pad)
+            new[rows, t] = token
+            done |= torch.isin(token, eos)
+            if done.all() or t == self.cfg.max_new_tokens - 1:
+                break
+            if done.sum() * 4 >= len(rows):  # drop finished rows: copying the cache costs less
+                keep = ~done
+                rows, token, position, visible, done = (
+                    rows[keep],
+                    token[keep],
+                    position[keep],
+                    visible[keep],
+                    done[keep],
+                )
+                names = [n for n, k in zip(names, keep.tolist()) if k] if names is not None else None
+                cache.keep(keep)
+            visible[:, 0, 0, width + t] = True
+            position = position + 1
+            logits = self._forward(token[:, None], visible[..., : width + t + 1], position, cache, names)
+        return new
+
+    def _forward(self, input_ids, mask, position, cache: KVBuffer, names) -> torch.Tensor:
+        """Next-token logits [batch, vocab] after input_ids; writes their keys and values."""
+        kwargs = dict(adapter_names=names) if names is not None else {}
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        cache.filled += input_ids.shape[1]
+        return out.logits[:, -1].float()
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy at temperature 0, else nucleus sampling (top_p) at the temperature."""
+        if self.cfg.temperature == 0:
+            return logits.argmax(-1)
+        probs, order = torch.softmax(logits / self.cfg.temperature, -1).sort(-1, descending=True)
+        # As transformers' top-p: drop a token once the likelier ones hold top_p; keep the first.
+        drop = probs.cumsum(-1) - probs >= self.cfg.top_p
+        drop[:, 0] = False
+        probs[drop] = 0
+        return order.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
+
+
+class KVBuffer:
+    """Keys and values per layer in tensors [batch, heads, capacity, dim] allocated once and
+    written in place; attention sees the filled part. The model calls `update` per layer
+    (transformers' cache protocol); the decode loop advances `filled` after each forward."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.filled = capacity, 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
+        if layer == len(self.keys):
+            self.keys.append(keys.new_zeros(*keys.shape[:2], self.capacity, keys.shape[3]))
+            self.values.append(values.new_zeros(*values.shape[:2], self.capacity, values.shape[3]))
+        end = self.filled + keys.shape[2]
+        self.keys[layer][:, :, self.filled : end] = keys
+        self.values[layer][:, :, self.filled : end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (a boolean mask)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]

@@ -50,7 +50,8 @@ RESUMABLE = (
     "logger.",
     "generation.batch_size",
     "generation.mixed_adapters",
-    "generation.cache",
+    "generation.decoder",
+    "generation.prefill_chunk",
     "finetune.trainer.",
 )
 

@@ -1,12 +1,19 @@
-"""HFBackend: mixed-adapter batches equal grouped ones; over-long prompts are cut and counted."""
+"""HFBackend: our decoder equals model.generate, mixed-adapter batches equal grouped ones,
+sampling is seeded and top-p is the nucleus; over-long prompts are cut and counted."""
+
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
 
-from mfsi.config import GenerationConfig, LoraConfig, ModelConfig
+from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
 from mfsi.errors import ConfigError
 from mfsi.generation import HFBackend
 from mfsi.society import Society, load_base
+from mfsi.tasks import load_task
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "tiny-arith"
 
 ASK = [{"role": "user", "content": "What is 3+4*5?"}]
 OTHER = [
@@ -33,9 +40,51 @@ def test_mixed_and_grouped_adapters_generate_the_same_greedy_text(society):
     requests = [("gen0", ASK), (None, ASK), ("gen1", ASK), ("gen1", OTHER), (None, OTHER), ("gen0", OTHER)]
     grouped = backend(society, batch_size=2).generate(requests, seed=0)
     mixed = backend(society, batch_size=6, mixed_adapters=True).generate(requests, seed=0)
-    static = backend(society, batch_size=4, mixed_adapters=True, cache="static").generate(requests, seed=0)
-    assert mixed == grouped == static
+    chunked = backend(society, batch_size=4, mixed_adapters=True, prefill_chunk=3).generate(requests, seed=0)
+    hf = backend(society, batch_size=6, mixed_adapters=True, decoder="hf").generate(requests, seed=0)
+    assert mixed == grouped == chunked == hf
     assert len({grouped[0], grouped[1], grouped[2]}) == 3  # the adapters really differ
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped model and 24 arithmetic questions: its answers end at different lengths."""
+    model, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=str(SHIPPED))))
+    task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=24, seed=0)))
+    requests = [(None, task.prompt(p)) for p in task.split("eval")]
+    return model, tokenizer, requests
+
+
+def generate(shipped, seed: int = 0, **kw) -> list[str]:
+    model, tokenizer, requests = shipped
+    cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=96, batch_size=24, **kw))
+    return HFBackend(model, tokenizer, cfg, context_length=1024).generate(requests, seed=seed)
+
+
+def test_our_decoder_writes_what_model_generate_writes(shipped):
+    # Rows finish at different steps, so finished rows leave the batch on the way; the
+    # prompts (~60 tokens) are prefilled in 4 chunks under left padding.
+    ours = generate(shipped, temperature=0.0, prefill_chunk=16)
+    assert ours == generate(shipped, temperature=0.0, decoder="hf")
+    assert len({len(text) for text in ours}) > 5
+
+
+def test_sampling_is_seeded_and_top_p_keeps_the_nucleus(shipped):
+    sampled = generate(shipped, seed=0)
+    assert sampled == generate(shipped, seed=0)
+    assert sampled != generate(shipped, seed=1)
+    # A nucleus too small for a second token leaves the most likely one: greedy decoding.
+    assert generate(shipped, top_p=1e-6) == generate(shipped, temperature=0.0)
+
+
+def test_our_decoder_needs_sdpa_attention(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    _, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=str(tiny_model_dir))))
+    cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=8))
+    with pytest.raises(ConfigError, match="decoder=hf"):
+        HFBackend(model, tokenizer, cfg, context_length=64)
+    cfg.decoder = "hf"
+    assert HFBackend(model, tokenizer, cfg, context_length=64).generate([(None, ASK)], seed=0)
 
 
 def test_prompts_longer_than_the_context_are_cut_and_counted(society):
