@@ -8,7 +8,7 @@ limit padding, left-padded and generated with a KV cache. With mixed_adapters=Tr
 batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (default) is
 our own loop: the KV cache is allocated once, the prompt is prefilled in chunks and
 finished rows leave the batch; decoder="hf" calls model.generate, for models our loop
-cannot drive (it needs sdpa attention and a plain KV cache). A prompt that does not fit
+cannot drive (see `unsupported`). A prompt that does not fit
 the context with max_new_tokens is cut from the left and counted in `stats`.
 """
 
@@ -39,6 +39,17 @@ class Stats:
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+def unsupported(config, context_length: int) -> str | None:
+    """Why our decoder cannot run a model, or None: it needs sdpa attention and full
+    attention over the context (its masks know no sliding window)."""
+    if config._attn_implementation != "sdpa":
+        return f"attention {config._attn_implementation}, not sdpa"
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if window and window < context_length:
+        return f"sliding window {window} < model.context_length {context_length}"
+    return None
+
+
 class HFBackend:
     """Generation with a (PEFT-wrapped) Hugging Face causal LM."""
 
@@ -50,11 +61,10 @@ class HFBackend:
                 f"generation.max_new_tokens={cfg.max_new_tokens} leaves no room for the prompt in "
                 f"model.context_length={context_length}: expected max_new_tokens < context_length"
             )
-        attention = model.config._attn_implementation
-        if cfg.decoder == "mfsi" and attention != "sdpa":
+        problem = cfg.decoder == "mfsi" and unsupported(model.config, context_length)
+        if problem:
             raise ConfigError(
-                f"generation.decoder=mfsi needs sdpa attention, this model uses {attention}: "
-                "set generation.decoder=hf"
+                f"generation.decoder=mfsi cannot drive this model ({problem}): set generation.decoder=hf"
             )
         self.stats = Stats()
         eos = model.generation_config.eos_token_id

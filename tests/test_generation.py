@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
 from mfsi.errors import ConfigError
@@ -77,11 +77,18 @@ def test_sampling_is_seeded_and_top_p_keeps_the_nucleus(shipped):
     assert generate(shipped, top_p=1e-6) == generate(shipped, temperature=0.0)
 
 
-def test_our_decoder_needs_sdpa_attention(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+@pytest.mark.parametrize(
+    "setting,reason",
+    [(dict(_attn_implementation="eager"), "attention eager"), (dict(sliding_window=32), "sliding window 32")],
+)
+def test_our_decoder_refuses_models_it_cannot_drive(tiny_model_dir, setting, reason):
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    for name, value in setting.items():
+        setattr(config, name, value)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, config=config)
     _, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=str(tiny_model_dir))))
     cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=8))
-    with pytest.raises(ConfigError, match="decoder=hf"):
+    with pytest.raises(ConfigError, match=f"{reason}.*decoder=hf"):
         HFBackend(model, tokenizer, cfg, context_length=64)
     cfg.decoder = "hf"
     assert HFBackend(model, tokenizer, cfg, context_length=64).generate([(None, ASK)], seed=0)
