@@ -15,8 +15,9 @@ Stage 1: single-turn questions, plus debate turns whose other agents' solutions 
 synthetic (half with one planted slip carried through the chain).
 Stage 2: debate turns built from the model's OWN sampled solutions (T=1, right and
 wrong): [question, own solution, debate prompt with others' solutions] -> the correct
-solution. Planted slips do not look like the model's real mistakes; its own samples do,
-so this is what makes a second debate round improve on the first.
+solution. Planted slips do not look like the model's real mistakes; its own samples do.
+Some other answers are swapped for the correct solution (stage2_correct_peer), so that
+using a right peer is often what the target rewards.
 
 Everything is seeded; the run is a fixed number of steps (--minutes only caps wall time,
 at the cost of reproducibility). Written next to the model: training_log.jsonl
@@ -71,6 +72,10 @@ class Recipe:
     weight_decay: float = 0.01
     stage1_debate_share: float = 0.15  # of stage-1 steps, synthetic debate batches
     stage2_debate_share: float = 0.6  # of stage-2 steps, own-sample debate batches
+    # Each other answer of a stage-2 turn is the correct solution with this probability:
+    # the model's own samples are rarely right, so without it copying a right peer is
+    # seldom what the target rewards.
+    stage2_correct_peer: float = 0.3  # 0: round 2 lowered accuracy by 4.6 points, 0.3: by 0.7
     five_agent_share: float = 0.25  # debate turns showing 4 others (5 agents), else 2
     log_every: int = 300  # steps between accuracy checks
     log_n: int = 100  # held-out questions per accuracy check
@@ -242,6 +247,8 @@ def train(out: Path, recipe: Recipe, device: str = "cpu") -> float:
                 else:
                     p, samples = rng.choice(pool)
                     own, *others = rng.sample(samples, 1 + n_others())
+                    right = solution(p.question)
+                    others = [right if rng.random() < recipe.stage2_correct_peer else o for o in others]
                 example = last_turn(tokenizer, debate_conversation(p, own, others))
                 if len(example[0]) <= context:  # a rambling sample can overflow the context
                     examples.append(example)
