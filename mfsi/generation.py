@@ -8,8 +8,8 @@ limit padding, left-padded and generated with a KV cache. With mixed_adapters=Tr
 batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (default) is
 our own loop: the KV cache is allocated once, the prompt is prefilled in chunks and
 finished rows leave the batch; decoder="hf" calls model.generate, for models our loop
-cannot drive (see `unsupported`). A prompt that does not fit
-the context with max_new_tokens is cut from the left and counted in `stats`.
+cannot drive (see `unsupported`). A prompt that does not fit the context with
+max_new_tokens is cut from the left and counted in `stats`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ def unsupported(config, context_length: int) -> str | None:
     if window and window < context_length:
         return f"sliding window {window} < model.context_length {context_length}"
     return None
+
+
+def adapter_kwargs(names: list[str] | None) -> dict:
+    """PEFT's per-row adapter argument for a mixed batch; nothing for a single adapter."""
+    return {"adapter_names": names} if names is not None else {}
 
 
 class HFBackend:
@@ -122,7 +127,7 @@ class HFBackend:
 
     def _hf_generate(self, input_ids, real, names: list[str] | None) -> torch.Tensor:
         """Hugging Face's model.generate (dynamic KV cache): works with any causal LM."""
-        kwargs = dict(adapter_names=names) if names is not None else {}
+        kwargs = adapter_kwargs(names)
         if self.cfg.temperature > 0:
             kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
         out = self.model.generate(
@@ -169,15 +174,10 @@ class HFBackend:
                 break
             if done.sum() * 4 >= len(rows):  # drop finished rows: copying the cache costs less
                 keep = ~done
-                rows, token, position, visible, done = (
-                    rows[keep],
-                    token[keep],
-                    position[keep],
-                    visible[keep],
-                    done[keep],
-                )
+                rows, token, position, visible = (x[keep] for x in (rows, token, position, visible))
                 names = [n for n, k in zip(names, keep.tolist()) if k] if names is not None else None
                 cache.keep(keep)
+                done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             visible[:, 0, 0, width + t] = True
             position = position + 1
             logits = self._forward(token[:, None], visible[..., : width + t + 1], position, cache, names)
@@ -185,7 +185,7 @@ class HFBackend:
 
     def _forward(self, input_ids, mask, position, cache: KVBuffer, names) -> torch.Tensor:
         """Next-token logits [batch, vocab] after input_ids; writes their keys and values."""
-        kwargs = dict(adapter_names=names) if names is not None else {}
+        kwargs = adapter_kwargs(names)
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
