@@ -7,6 +7,7 @@ Every metrics.jsonl under the given paths is one run (its folder, with config.ya
 it); only eval-split rows count, the latest row per iteration. Written to --out:
   table1.md   methods x tasks, grouped by model (paper Table 1), at each run's last iteration
   table2.md   ablation variants x models, one table per task (paper Table 2)
+  table4.md   methods x number of agents, one table per task (paper Table 4: 5 agents)
   accuracy_by_iteration.png   accuracy per finetuning iteration, one line per variant/model
   diversity_by_iteration.png  consensus and the mfsi.diversity metrics per iteration
   accuracy_by_round.png       majority accuracy per debate round at the last iteration
@@ -47,7 +48,7 @@ METHODS = {  # Table 1 rows, in the paper's order
     "majority_ft": "Majority FT",
     "multiagent_ft": "Multiagent FT (ours)",
 }
-ABLATIONS = {  # Table 2 rows; any other variant label (e.g. agents5) is added below them
+ABLATIONS = {  # Table 2 rows; other variant labels are added below them (not Table 4's)
     "multiagent_ft": "multiagent FT",
     "no_summary": "without summary",
     "no_critics": "without critics",
@@ -138,7 +139,12 @@ def table1(groups: dict[tuple, list[Run]], at: str) -> str:
 
 
 def table2(groups: dict[tuple, list[Run]], at: str) -> str:
-    extra = sorted({variant for _, _, variant in groups} - set(METHODS) - set(ABLATIONS))
+    scaled = {
+        k[2]
+        for k, runs in groups.items()
+        if agents_label(k[2], runs[0].last["method"], runs[0].last["agents"])
+    }
+    extra = sorted({variant for _, _, variant in groups} - set(METHODS) - set(ABLATIONS) - scaled)
     variants = {**ABLATIONS, **{v: v for v in extra}}
     text = f"# Table 2: ablations, accuracy (%), {at}\n"
     tasks = [
@@ -149,6 +155,41 @@ def table2(groups: dict[tuple, list[Run]], at: str) -> str:
         rows = [[name, *(cell(groups.get((m, task, v), [])) for m in models)] for v, name in variants.items()]
         text += f"\n## {task}\n\n" + markdown_table(["variant", *models], rows)
     return text + (NOTE if tasks else "\nNo ablation runs.\n")
+
+
+def agents_label(variant: str, method: str, agents: int) -> bool:
+    """Whether a run's variant is its plain method or `<method>_agents<N>` (the agents5
+    preset's label): such runs differ from their method only in the number of agents."""
+    return variant in (method, f"{method}_agents{agents}")
+
+
+def table4(runs: list[Run], at: str) -> str:
+    """Methods run with more than one number of agents, one column per agent count."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        (model, task, variant), method, agents = run.key, run.last["method"], run.last["agents"]
+        if agents_label(variant, method, agents):
+            groups[model, task, method, agents].append(run)
+    counts: dict[tuple, set[int]] = defaultdict(set)
+    for model, task, method, agents in groups:
+        counts[model, task, method].add(agents)
+    scaled = sorted((k for k, v in counts.items() if len(v) > 1), key=lambda k: (k[0], method_order(k[2])))
+    text = f"# Table 4: accuracy (%) by number of agents, {at}\n"
+    for task in [t for t in TASKS if any(k[1] == t for k in scaled)]:
+        keys = [k for k in scaled if k[1] == task]
+        columns = sorted(set().union(*(counts[k] for k in keys)))
+        rows = [
+            [model, METHODS.get(method, method), *(cell(groups[model, task, method, n]) for n in columns)]
+            for model, _, method in keys
+        ]
+        header = ["model", "method", *(f"{n} agents" for n in columns)]
+        text += f"\n## {task}\n\n" + markdown_table(header, rows)
+    return text + (NOTE if scaled else "\nNo method was run with more than one number of agents.\n")
+
+
+def method_order(method: str) -> int:
+    """Table 1's order; methods outside it (single_agent_ft) after it."""
+    return list(METHODS).index(method) if method in METHODS else len(METHODS)
 
 
 NOTE = (
@@ -240,7 +281,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, iteration: int
     for run in runs:
         groups[run.key].append(run)
     at = "last iteration" if iteration is None else f"iteration {iteration} (or the last before it)"
-    tables = {"table1.md": table1(groups, at), "table2.md": table2(groups, at)}
+    tables = {"table1.md": table1(groups, at), "table2.md": table2(groups, at), "table4.md": table4(runs, at)}
     for name, text in tables.items():
         rundir.write_text(out / name, text)
     plots = {

@@ -11,6 +11,7 @@ from mfsi.report import build_report
 FILES = [
     "table1.md",
     "table2.md",
+    "table4.md",
     "accuracy_by_iteration.png",
     "diversity_by_iteration.png",
     "accuracy_by_round.png",
@@ -69,7 +70,8 @@ def test_tables_cells_and_files(tmp_path):
     make_run(runs, "ours-math", "multiagent_ft", "math", [0.5, 0.55], iterations=3)  # only unfinished
     make_run(runs, "no-summary", "multiagent_ft", "math", [0.5, 0.52], variant="no_summary")
     make_run(runs, "single", "single_agent_ft", "math", [0.5, 0.568, 0.56], stderr=0.0222)
-    make_run(runs, "five", "multiagent_ft", "math", [0.5, 0.6], variant="agents5")
+    make_run(runs, "five", "multiagent_ft", "math", [0.5, 0.6], variant="agents5")  # not Table 4's label
+    make_run(runs, "debate5", "debate", "arithmetic", [0.97], variant="debate_agents5", agents=5)
     make_run(runs, "mistral-debate", "debate", "gsm", [0.526], model="mistral", stderr=0.0223)
     del_key = tmp_path / "runs" / "no-summary" / "metrics.jsonl"  # a missing diversity key
     rows = [json.loads(line) for line in del_key.read_text().splitlines()]
@@ -80,7 +82,7 @@ def test_tables_cells_and_files(tmp_path):
     result = build_report([runs], tmp_path / "out")
 
     out = tmp_path / "out"
-    assert len(result["runs"]) == 11
+    assert len(result["runs"]) == 12
     assert [p.name for p in result["files"]] == FILES
     assert all((out / name).stat().st_size > 0 for name in FILES)
     table1 = lines_of(out / "table1.md")
@@ -102,6 +104,12 @@ def test_tables_cells_and_files(tmp_path):
     assert "| without critics | – |" in table2
     assert "| single-agent FT | 56.00 ± 2.22 |" in table2
     assert "| agents5 | 60.00 ± 1.00 |" in table2
+    assert not any("debate_agents5" in line for line in table2)  # in Table 4 instead
+    table4 = lines_of(out / "table4.md")
+    assert "## arithmetic" in table4 and "## math" not in table4  # only debate has two agent counts
+    assert "| model | method | 3 agents | 5 agents |" in table4
+    assert "| phi3 | Debate | 96.20 ± 0.86 | 97.00 ± 1.00 |" in table4
+    assert not any("Multiagent" in line for line in table4)
     page = (out / "report.md").read_text()
     assert "![accuracy_by_iteration](accuracy_by_iteration.png)" in page
     assert "### math" in page and "| 99.40 ± 0.35 |" in page
@@ -115,6 +123,7 @@ def test_no_runs_still_writes_every_file(tmp_path, monkeypatch, capsys):
     assert all((tmp_path / "out" / name).exists() for name in FILES)
     assert "No runs of these methods." in (tmp_path / "out" / "table1.md").read_text()
     assert "No ablation runs." in (tmp_path / "out" / "table2.md").read_text()
+    assert "No method was run with more than one" in (tmp_path / "out" / "table4.md").read_text()
 
 
 def test_latest_row_of_an_iteration_wins_and_runs_without_config_count_as_finished(tmp_path):
