@@ -6,8 +6,8 @@
 Requests are grouped by adapter (None = the bare base model), sorted by prompt length to
 limit padding, left-padded and generated with a KV cache. With mixed_adapters=True a
 batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (default) is
-our own loop: the KV cache is allocated once, the prompt is prefilled in chunks and
-finished rows leave the batch; decoder="hf" calls model.generate, for models our loop
+our own loop: the KV cache is allocated once, the prompt is prefilled in chunks (a prompt
+that recurs in the batch with the same adapter only once) and finished rows leave the batch; decoder="hf" calls model.generate, for models our loop
 cannot drive (see `unsupported`). A prompt that does not fit the context with
 max_new_tokens is cut from the left and counted in `stats`.
 """
@@ -157,11 +157,18 @@ class HFBackend:
         visible[:, 0, 0, :width] = real.bool()
         position = (real.cumsum(-1) - 1).clamp(min=0)
         cache = KVBuffer(width + self.cfg.max_new_tokens)
+        # A prompt asked several times with the same adapter (every agent's round 1 while
+        # the agents share a model) is prefilled once; its keys and values are then copied.
+        first, copies = unique_rows(input_ids, names)
+        once = [names[i] for i in first.tolist()] if names is not None else None
         for start in range(0, width, self.cfg.prefill_chunk):
             end = min(start + self.cfg.prefill_chunk, width)
             causal = torch.arange(end, device=device) <= torch.arange(start, end, device=device)[:, None]
-            mask = visible[..., :end] & causal
-            logits = self._forward(input_ids[:, start:end], mask, position[:, start:end], cache, names)
+            mask = visible[first, ..., :end] & causal
+            logits = self._forward(input_ids[first, start:end], mask, position[first, start:end], cache, once)
+        if len(first) < batch:
+            cache.select(copies)
+            logits = logits[copies]
         rows = torch.arange(batch, device=device)  # the batch rows still generating
         position = position[:, -1:]
         done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -176,7 +183,7 @@ class HFBackend:
                 keep = ~done
                 rows, token, position, visible = (x[keep] for x in (rows, token, position, visible))
                 names = [n for n, k in zip(names, keep.tolist()) if k] if names is not None else None
-                cache.keep(keep)
+                cache.select(keep)
                 done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             visible[:, 0, 0, width + t] = True
             position = position + 1
@@ -210,6 +217,21 @@ class HFBackend:
         return order.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
 
 
+def unique_rows(input_ids: torch.Tensor, names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, copies): the first row of each distinct (prompt, adapter) pair, in batch order,
+    and for every row the position in `first` of its pair: input_ids[first][copies] == input_ids."""
+    key = input_ids
+    if names is not None:
+        adapter = {name: i for i, name in enumerate(dict.fromkeys(names))}
+        column = torch.tensor([adapter[n] for n in names], device=input_ids.device)
+        key = torch.cat([column[:, None], input_ids], dim=1)
+    distinct, copies = torch.unique(key, dim=0, return_inverse=True)
+    rows = torch.arange(len(key), device=key.device)
+    first = torch.full((len(distinct),), len(key), device=key.device).scatter_reduce(0, copies, rows, "amin")
+    order = first.argsort()  # in batch order: without repeats, first is every row in place
+    return first[order], order.argsort()[copies]
+
+
 class KVBuffer:
     """Keys and values per layer in tensors [batch, heads, capacity, dim] allocated once and
     written in place; attention sees the filled part. The model calls `update` per layer
@@ -229,7 +251,7 @@ class KVBuffer:
         self.values[layer][:, :, self.filled : end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (a boolean mask)."""
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep these batch rows (a boolean mask, or indices: repeated ones copy a row)."""
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]

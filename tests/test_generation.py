@@ -4,12 +4,13 @@ sampling is seeded and top-p is the nucleus; over-long prompts are cut and count
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
 from mfsi.errors import ConfigError
-from mfsi.generation import HFBackend
+from mfsi.generation import HFBackend, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
@@ -32,7 +33,7 @@ def society(tiny_model_dir):
 
 
 def backend(society, **kw):
-    cfg = OmegaConf.structured(GenerationConfig(temperature=0.0, max_new_tokens=12, **kw))
+    cfg = OmegaConf.structured(GenerationConfig(**{"temperature": 0.0, "max_new_tokens": 12, **kw}))
     return HFBackend(society.model, society.tokenizer, cfg, context_length=256)
 
 
@@ -44,6 +45,28 @@ def test_mixed_and_grouped_adapters_generate_the_same_greedy_text(society):
     hf = backend(society, batch_size=6, mixed_adapters=True, decoder="hf").generate(requests, seed=0)
     assert mixed == grouped == chunked == hf
     assert len({grouped[0], grouped[1], grouped[2]}) == 3  # the adapters really differ
+
+
+def test_a_prompt_asked_again_is_prefilled_once_and_sampled_independently(society, monkeypatch):
+    requests = [(None, ASK), ("gen0", ASK), (None, ASK), (None, OTHER), (None, ASK)]
+    alone = [backend(society).generate([r], seed=0)[0] for r in requests]
+    assert backend(society, batch_size=5, mixed_adapters=True).generate(requests, seed=0) == alone
+    prefilled = []
+    forward = HFBackend._forward
+    monkeypatch.setattr(
+        HFBackend, "_forward", lambda self, ids, *a: prefilled.append(ids.shape) or forward(self, ids, *a)
+    )
+    sampled = backend(society, batch_size=5, temperature=1.0).generate([(None, ASK)] * 5, seed=0)
+    assert prefilled[0][0] == 1 and len(set(sampled)) > 1  # one prompt row, five different samples
+
+
+def test_unique_rows_tells_prompts_apart_by_adapter():
+    ids = torch.tensor([[1, 2], [3, 4], [1, 2], [1, 2]])
+    first, copies = unique_rows(ids, ["a", "a", "b", "a"])
+    assert torch.equal(ids[first][copies], ids)
+    assert first.tolist() == [0, 1, 2] and copies.tolist() == [0, 1, 2, 0]
+    first, copies = unique_rows(ids, None)
+    assert first.tolist() == [0, 1] and copies.tolist() == [0, 1, 0, 0]
 
 
 @pytest.fixture(scope="module")
