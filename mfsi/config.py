@@ -61,6 +61,9 @@ class GenerationConfig:
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
     decoder: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
     prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
+    # Keys and values of the last call's conversations, kept for the next debate round to
+    # extend (mfsi decoder; helps while an agent's generator and critic are the same model)
+    prefix_cache_mb: int = 2048  # 0 = off
 
 
 @dataclass

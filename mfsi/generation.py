@@ -6,9 +6,11 @@
 Requests are grouped by adapter (None = the bare base model), sorted by prompt length to
 limit padding, left-padded and generated with a KV cache. With mixed_adapters=True a
 batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (default) is
-our own loop: the KV cache is allocated once, the prompt is prefilled in chunks (a prompt
-that recurs in the batch with the same adapter only once) and finished rows leave the batch; decoder="hf" calls model.generate, for models our loop
-cannot drive (see `unsupported`). A prompt that does not fit the context with
+our own loop: the KV cache is allocated once; the prompt is prefilled in chunks, a prompt
+that recurs in the batch with the same adapter only once, and a prompt that continues a
+conversation of the previous call (the next debate round) only from where it departs
+(`Prefixes`); finished rows leave the batch. decoder="hf" calls model.generate, for models
+our loop cannot drive (see `unsupported`). A prompt that does not fit the context with
 max_new_tokens is cut from the left and counted in `stats`.
 """
 
@@ -18,6 +20,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -36,6 +39,8 @@ class Stats:
     requests: int = 0
     new_tokens: int = 0
     truncated: int = 0
+    prefilled: int = 0  # prompt tokens run through the model
+    reused: int = 0  # prompt tokens whose keys and values came from the previous call
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -75,6 +80,7 @@ class HFBackend:
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos_ids = sorted(set(eos) | {tokenizer.eos_token_id} - {None})
+        self.prefixes = Prefixes(cfg.prefix_cache_mb if cfg.decoder == "mfsi" else 0, self.eos_ids)
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         """Texts in the order of requests; sampling is seeded per call."""
@@ -91,8 +97,10 @@ class HFBackend:
         texts: list[str] = [""] * len(requests)
         for adapter, indices in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 2):
             names = [requests[i][0] or BASE for i in indices] if self.cfg.mixed_adapters else None
-            for i, text in zip(indices, self._batch(adapter, [prompts[i] for i in indices], names)):
+            batch = [(requests[i][0] or BASE, prompts[i]) for i in indices]
+            for i, text in zip(indices, self._batch(adapter, batch, names)):
                 texts[i] = text
+        self.prefixes.roll()
         self.stats.requests += len(requests)
         return texts
 
@@ -106,14 +114,21 @@ class HFBackend:
         return ids
 
     @torch.inference_mode()
-    def _batch(self, adapter: str | None, prompts: list[list[int]], names: list[str] | None) -> list[str]:
+    def _batch(
+        self, adapter: str | None, batch: list[tuple[str, list[int]]], names: list[str] | None
+    ) -> list[str]:
+        """New texts for (adapter name or BASE, prompt ids) rows: one adapter, or `names` per row."""
+        prompts = [ids for _, ids in batch]
         width = max(map(len, prompts))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
         real = torch.tensor(
             [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
         )
-        decode = self._hf_generate if self.cfg.decoder == "hf" else self._decode
+        if self.cfg.decoder == "hf":
+            decode = self._hf_generate
+        else:
+            decode = partial(self._decode, rows=batch)
         if names is None and adapter is None and hasattr(self.model, "disable_adapter"):
             with self.model.disable_adapter():
                 new = decode(input_ids, real, names)
@@ -141,12 +156,16 @@ class HFBackend:
         )
         return out[:, input_ids.shape[1] :]
 
-    def _decode(self, input_ids, real, names: list[str] | None) -> torch.Tensor:
+    def _decode(
+        self, input_ids, real, names: list[str] | None, rows: list[tuple[str, list[int]]]
+    ) -> torch.Tensor:
         """Our decode loop: new token ids [batch, max_new_tokens], pad after the end.
 
         The KV cache is preallocated (no per-token copy), the prompt is prefilled in chunks
         of generation.prefill_chunk positions (a big batch's activations then stay in the CPU
-        cache) and finished rows are dropped from the batch once a quarter of it is done.
+        cache), from the first position that `self.prefixes` does not already hold, and
+        finished rows are dropped from the batch once a quarter of it is done. `rows` are the
+        batch's (adapter, prompt ids), the prefix store's keys.
         """
         batch, width = input_ids.shape
         pad, device = self.tokenizer.pad_token_id, input_ids.device
@@ -156,12 +175,22 @@ class HFBackend:
         visible = torch.zeros(batch, 1, 1, width + self.cfg.max_new_tokens, dtype=torch.bool, device=device)
         visible[:, 0, 0, :width] = real.bool()
         position = (real.cumsum(-1) - 1).clamp(min=0)
-        cache = KVBuffer(width + self.cfg.max_new_tokens)
         # A prompt asked several times with the same adapter (every agent's round 1 while
         # the agents share a model) is prefilled once; its keys and values are then copied.
         first, copies = unique_rows(input_ids, names)
+        cache = KVBuffer(len(first), width + self.cfg.max_new_tokens)
         once = [names[i] for i in first.tolist()] if names is not None else None
-        for start in range(0, width, self.cfg.prefill_chunk):
+        begin = width  # prefill from here: every row's part that the prefix store lacks
+        for row, b in enumerate(first.tolist()):
+            adapter, ids = rows[b]
+            found = self.prefixes.find(adapter, ids)
+            if found:
+                cache.place(row, width - len(ids), found)
+            begin = min(begin, width - len(ids) + (found.length if found else 0))
+            self.stats.reused += found.length if found else 0
+        self.stats.prefilled += int(real[first, begin:].sum())
+        cache.filled = begin
+        for start in range(begin, width, self.cfg.prefill_chunk):
             end = min(start + self.cfg.prefill_chunk, width)
             causal = torch.arange(end, device=device) <= torch.arange(start, end, device=device)[:, None]
             mask = visible[first, ..., :end] & causal
@@ -169,26 +198,43 @@ class HFBackend:
         if len(first) < batch:
             cache.select(copies)
             logits = logits[copies]
-        rows = torch.arange(batch, device=device)  # the batch rows still generating
+        active = torch.arange(batch, device=device)  # the batch rows still generating
         position = position[:, -1:]
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         new = torch.full((batch, self.cfg.max_new_tokens), pad, device=device)
         for t in range(self.cfg.max_new_tokens):
             token = self._sample(logits).masked_fill(done, pad)
-            new[rows, t] = token
+            new[active, t] = token
             done |= torch.isin(token, eos)
             if done.all() or t == self.cfg.max_new_tokens - 1:
                 break
-            if done.sum() * 4 >= len(rows):  # drop finished rows: copying the cache costs less
-                keep = ~done
-                rows, token, position, visible = (x[keep] for x in (rows, token, position, visible))
-                names = [n for n, k in zip(names, keep.tolist()) if k] if names is not None else None
-                cache.select(keep)
-                done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            if done.sum() * 4 >= len(active):  # drop finished rows: copying the cache costs less
+                self._store(cache, active, done, rows, new, width)
+                order = compaction(done)
+                active, token, position, visible = (x[order] for x in (active, token, position, visible))
+                names = [names[i] for i in order.tolist()] if names is not None else None
+                cache.reorder(order)
+                done = torch.zeros(len(active), dtype=torch.bool, device=device)
             visible[:, 0, 0, width + t] = True
             position = position + 1
             logits = self._forward(token[:, None], visible[..., : width + t + 1], position, cache, names)
+        self._store(cache, active, done, rows, new, width)
         return new
+
+    def _store(self, cache: KVBuffer, active, done, rows, new, width: int) -> None:
+        """Give the prefix store the conversations of the finished rows in the cache: prompt
+        plus answer up to (not including) its end token, whose keys were never computed."""
+        if not self.prefixes.limit:
+            return
+        for row in done.nonzero().flatten().tolist():
+            b = int(active[row])
+            end = torch.isin(new[b], torch.tensor(self.eos_ids, device=new.device)).nonzero()
+            adapter, ids = rows[b]
+            if len(end):
+                answer = new[b, : int(end[0])]
+                self.prefixes.add(
+                    adapter, ids + answer.tolist(), cache.row(row, width - len(ids), width + len(answer))
+                )
 
     def _forward(self, input_ids, mask, position, cache: KVBuffer, names) -> torch.Tensor:
         """Next-token logits [batch, vocab] after input_ids; writes their keys and values."""
@@ -217,6 +263,52 @@ class HFBackend:
         return order.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
 
 
+@dataclass
+class Prefix:
+    """Keys and values of one conversation, per layer [heads, positions, dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.keys + self.values)
+
+
+class Prefixes:
+    """The conversations one generate() call ended with (prompt + answer), with their keys and
+    values, for the next call: a prompt that extends one of them with the same adapter (the
+    same agent's next debate round while its generator and critic are one model) is then
+    prefilled only from the end token on. Holds at most limit_mb per call; the call after
+    next finds them gone. limit_mb=0 turns it off."""
+
+    def __init__(self, limit_mb: float, eos_ids: list[int]):
+        self.limit, self.eos = limit_mb * 2**20, set(eos_ids)
+        self.previous: dict[tuple, Prefix] = {}
+        self.current: dict[tuple, Prefix] = {}
+        self.size = 0
+
+    def find(self, adapter: str, ids: list[int]) -> Prefix | None:
+        """The longest stored conversation that ids continue (ids[i] is its end token)."""
+        for i in range(len(ids) - 1, 0, -1):
+            if ids[i] in self.eos and (adapter, tuple(ids[:i])) in self.previous:
+                return self.previous[adapter, tuple(ids[:i])]
+        return None
+
+    def add(self, adapter: str, ids: list[int], prefix: Prefix) -> None:
+        if self.size + prefix.nbytes <= self.limit:
+            self.current[adapter, tuple(ids)] = prefix
+            self.size += prefix.nbytes
+
+    def roll(self) -> None:
+        """End of a call: its conversations become the ones the next call can extend."""
+        self.previous, self.current, self.size = self.current, {}, 0
+
+
 def unique_rows(input_ids: torch.Tensor, names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, copies): the first row of each distinct (prompt, adapter) pair, in batch order,
     and for every row the position in `first` of its pair: input_ids[first][copies] == input_ids."""
@@ -232,26 +324,64 @@ def unique_rows(input_ids: torch.Tensor, names: list[str] | None) -> tuple[torch
     return first[order], order.argsort()[copies]
 
 
+def compaction(done: torch.Tensor) -> torch.Tensor:
+    """The rows to keep, as old row numbers for new positions 0..n-1: a row still running
+    keeps its place unless it is past n, then it fills a finished row's place below n."""
+    n = int((~done).sum())
+    order = torch.arange(n, device=done.device)
+    holes = done[:n].nonzero().flatten()
+    order[holes] = (~done[n:]).nonzero().flatten() + n
+    return order
+
+
 class KVBuffer:
     """Keys and values per layer in tensors [batch, heads, capacity, dim] allocated once and
     written in place; attention sees the filled part. The model calls `update` per layer
     (transformers' cache protocol); the decode loop advances `filled` after each forward."""
 
-    def __init__(self, capacity: int):
-        self.capacity, self.filled = capacity, 0
+    def __init__(self, rows: int, capacity: int):
+        self.rows, self.capacity, self.filled = rows, capacity, 0
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
+    def _allocate(self, layer: int, like: torch.Tensor) -> None:
+        """The layer's buffers, on first sight of its keys ([..., heads, positions, dim])."""
         if layer == len(self.keys):
-            self.keys.append(keys.new_zeros(*keys.shape[:2], self.capacity, keys.shape[3]))
-            self.values.append(values.new_zeros(*values.shape[:2], self.capacity, values.shape[3]))
+            shape = (self.rows, like.shape[-3], self.capacity, like.shape[-1])
+            self.keys.append(like.new_zeros(shape))
+            self.values.append(like.new_zeros(shape))
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
+        self._allocate(layer, keys)
         end = self.filled + keys.shape[2]
-        self.keys[layer][:, :, self.filled : end] = keys
-        self.values[layer][:, :, self.filled : end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        self.keys[layer][: self.rows, :, self.filled : end] = keys
+        self.values[layer][: self.rows, :, self.filled : end] = values
+        return self.keys[layer][: self.rows, :, :end], self.values[layer][: self.rows, :, :end]
+
+    def place(self, row: int, start: int, prefix: Prefix) -> None:
+        """Write a stored prefix into one row from position `start` on (before prefilling)."""
+        for layer, (keys, values) in enumerate(zip(prefix.keys, prefix.values)):
+            self._allocate(layer, keys)
+            self.keys[layer][row, :, start : start + prefix.length] = keys
+            self.values[layer][row, :, start : start + prefix.length] = values
+
+    def row(self, row: int, start: int, end: int) -> Prefix:
+        """A copy of one row's keys and values at positions [start, end)."""
+        return Prefix(
+            [k[row, :, start:end].clone() for k in self.keys],
+            [v[row, :, start:end].clone() for v in self.values],
+        )
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep these batch rows (a boolean mask, or indices: repeated ones copy a row)."""
+        """New buffers holding these rows (indices; a repeated one copies a row)."""
+        self.rows = len(rows)
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
+
+    def reorder(self, order: torch.Tensor) -> None:
+        """Row p becomes old row order[p] for p < len(order), in place (see `compaction`):
+        only the rows that move are copied, and the buffers stay allocated."""
+        moved = (order != torch.arange(len(order), device=order.device)).nonzero().flatten()
+        for buffer in self.keys + self.values:
+            buffer[moved] = buffer[order[moved]]
+        self.rows = len(order)

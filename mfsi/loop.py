@@ -52,6 +52,7 @@ RESUMABLE = (
     "generation.mixed_adapters",
     "generation.decoder",
     "generation.prefill_chunk",
+    "generation.prefix_cache_mb",
     "finetune.trainer.",
 )
 
@@ -262,6 +263,8 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
         "truncated": generator.stats.truncated,
         "requests": generator.stats.requests,
         "new_tokens": generator.stats.new_tokens,
+        "prefilled_tokens": generator.stats.prefilled,
+        "reused_tokens": generator.stats.reused,
         "seconds": round(time.time() - start, 2),
     }
     if stats["truncated"]:

@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
+from mfsi.debate import run_debate
 from mfsi.errors import ConfigError
-from mfsi.generation import HFBackend, unique_rows
+from mfsi.generation import HFBackend, compaction, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
@@ -69,6 +70,12 @@ def test_unique_rows_tells_prompts_apart_by_adapter():
     assert first.tolist() == [0, 1] and copies.tolist() == [0, 1, 0, 0]
 
 
+def test_compaction_moves_only_rows_past_the_end_into_finished_places():
+    done = torch.tensor([False, True, False, True, False, False])
+    assert compaction(done).tolist() == [0, 4, 2, 5]
+    assert compaction(torch.tensor([True, False])).tolist() == [1]
+
+
 @pytest.fixture(scope="module")
 def shipped():
     """The shipped model and 24 arithmetic questions: its answers end at different lengths."""
@@ -90,6 +97,24 @@ def test_our_decoder_writes_what_model_generate_writes(shipped):
     ours = generate(shipped, temperature=0.0, prefill_chunk=16)
     assert ours == generate(shipped, temperature=0.0, decoder="hf")
     assert len({len(text) for text in ours}) > 5
+
+
+def test_the_next_debate_round_extends_the_kept_conversations_and_writes_the_same(shipped):
+    model, tokenizer, _ = shipped
+    task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=16, seed=0)))
+
+    def debate(prefix_cache_mb: int):
+        cfg = GenerationConfig(max_new_tokens=96, batch_size=16, prefix_cache_mb=prefix_cache_mb)
+        backend = HFBackend(model, tokenizer, OmegaConf.structured(cfg), context_length=1024)
+        records = run_debate(task, task.split("eval"), backend, [(None, None)] * 3, 2, False, seed=0)
+        return [r["responses"] for r in records], backend.stats
+
+    kept, on = debate(2048)
+    recomputed, off = debate(0)
+    assert kept == recomputed  # sampled at T=1: the same draws from the same distributions
+    assert off.reused == 0 and on.reused > 0
+    assert on.prefilled + on.reused >= off.prefilled > on.prefilled
+    assert 0 < debate(1)[1].reused < on.reused  # 1 MB keeps one ~0.8 MB conversation per call
 
 
 def test_sampling_is_seeded_and_top_p_keeps_the_nucleus(shipped):
