@@ -7,17 +7,22 @@ A 0.9M-parameter character-level Llama (mfsi/charlm.py) learns the arithmetic ta
 a+b*c+d-e*f from generated data, speaking exactly the prompts the pipeline sends: every
 conversation is built with the task layer's prompt builders (Arithmetic.prompt,
 Task.debate_prompt) and rendered with mfsi.chat.render, the loss on the last assistant
-turn only. Answers are a short chain, e.g. "4*25=100, 27*8=216, 3+100=103, 103+6=109,
-109-216=-(216-109)=-(116-9)=-107. \\boxed{-107}": subtractions are written in easy steps
-(see `difference`), the rest in one.
+turn only. Answers are a short chain, e.g. "4*25=100, 27*8=8*27=216, 3+100=103, 103+6=109,
+109-216=-(216-109)=-(116-9)=-107. \\boxed{-107}": a product is written with its smaller
+factor first (465 facts to learn instead of 900), a subtraction in easy steps (see
+`difference`), the rest in one.
 
-Stage 1: single-turn questions, plus debate turns whose other agents' solutions are
-synthetic (half with one planted slip carried through the chain).
-Stage 2: debate turns built from the model's OWN sampled solutions (T=1, right and
-wrong): [question, own solution, debate prompt with others' solutions] -> the correct
-solution. Planted slips do not look like the model's real mistakes; its own samples do.
-Some other answers are swapped for the correct solution (stage2_correct_peer), so that
-using a right peer is often what the target rewards.
+Stage 1: single-turn questions; half of the answers are placed, by their position ids, up
+to 800 positions after their question, the distance a debate round puts between them.
+Stage 2 (the last part of the same schedule): most batches are debate turns built from
+the model's OWN sampled solutions (T=1, right and wrong): [question, own solution, debate
+prompt with others' solutions] -> the correct solution; the rest stay single-turn. Some
+other answers are swapped for the correct solution (stage2_correct_peer), so that using a
+right peer is often what the target rewards.
+
+What made training reliable on 2 CPU cores (measured, seeds 0 and 1): batches of 16,
+Adam's beta2 = 0.98 and the canonical products; without beta2 = 0.98 two seeds with an
+earlier answer format ended at 45% and 6% greedy accuracy.
 
 Everything is seeded; the run is a fixed number of steps (--minutes only caps wall time,
 at the cost of reproducibility). Written next to the model: training_log.jsonl
@@ -61,17 +66,23 @@ class Recipe:
     layers: int = 4
     heads: int = 4
     ffn: int = 384
-    stage1_steps: int = 2100
-    stage2_steps: int = 800
-    refreshes: int = 2  # stage 2 re-samples the model's own solutions this many times
-    uses_per_sample_set: int = 4  # debate conversations drawn from each problem's 5 own samples
-    batch: int = 32
+    stage1_steps: int = 2400
+    stage2_steps: int = 1000
+    refreshes: int = 1  # stage 2 re-samples the model's own solutions this many times
+    uses_per_sample_set: int = 8  # debate conversations drawn from each problem's 5 own samples
+    batch: int = 16  # 8 and 32 learned less in the same time
     debate_batch: int = 8  # debate conversations are ~4x longer than single turns
-    lr: float = 2e-3
+    lr: float = 2e-3  # 4e-3 diverged
+    beta2: float = 0.98  # Adam's; 0.999 made the outcome a lottery over seeds
     warmup: int = 50
+    lr_floor: float = 0.1  # the cosine ends at this fraction of lr
     weight_decay: float = 0.01
-    stage1_debate_share: float = 0.15  # of stage-1 steps, synthetic debate batches
-    stage2_debate_share: float = 0.6  # of stage-2 steps, own-sample debate batches
+    stage2_debate_share: float = 0.65  # of stage-2 steps, own-sample debate batches
+    # In a debate round the question stands 300-900 positions before the answer, a distance
+    # single-turn training never shows: this share of single-turn answers is placed (by
+    # position ids) up to position_gap positions after its question.
+    gap_share: float = 0.5
+    position_gap: int = 800
     # Each other answer of a stage-2 turn is the correct solution with this probability:
     # the model's own samples are rarely right, so without it copying a right peer is
     # seldom what the target rewards.
@@ -96,25 +107,23 @@ def difference(x: int, y: int) -> list[str]:
     return [f"{x - y // 100 * 100}-{y % 100}"] if y >= 100 else []
 
 
-def solution(expression: str, slip: int | None = None, rng: random.Random | None = None) -> str:
-    """The step-by-step answer; with slip=k, step k is off and the error carries on."""
+def solution(expression: str) -> str:
+    """The step-by-step answer: products, then left to right."""
     a, b, c, d, e, f = map(int, re.findall(r"\d+", expression))
-    values, text = [], []
 
-    def step(x: int, op: str, y: int, value: int) -> int:
-        if slip == len(values):
-            value += rng.choice([-10, -2, -1, 1, 2, 10])
-        values.append(value)
-        forms = difference(x, y) if op == "-" else []
-        text.append(f"{x}{op}{y}=" + "=".join([*forms, str(value)]))
-        return value
+    def step(x: int, op: str, y: int, value: int) -> str:
+        forms = [f"{y}*{x}"] if op == "*" and x > y else difference(x, y) if op == "-" else []
+        return f"{x}{op}{y}=" + "=".join([*forms, str(value)])
 
-    bc = step(b, "*", c, b * c)
-    ef = step(e, "*", f, e * f)
-    s = step(a, "+", bc, a + bc)
-    s = step(s, "+", d, s + d)
-    v = step(s, "-", ef, s - ef)
-    return ", ".join(text) + f". \\boxed{{{v}}}"
+    s = a + b * c + d
+    steps = [
+        step(b, "*", c, b * c),
+        step(e, "*", f, e * f),
+        step(a, "+", b * c, a + b * c),
+        step(a + b * c, "+", d, s),
+        step(s, "-", e * f, s - e * f),
+    ]
+    return ", ".join(steps) + f". \\boxed{{{s - e * f}}}"
 
 
 def question(rng: random.Random, held_out: set[str]) -> Problem:
@@ -142,24 +151,35 @@ def debate_conversation(p: Problem, own: str, others: list[str]) -> list[Message
     ]
 
 
-def last_turn(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> tuple[list[int], list[int]]:
-    """Token ids and labels (-100 except on the final assistant turn): earlier assistant
-    turns are context (an own first answer may be wrong), not targets."""
+Example = tuple[list[int], list[int], list[int]]  # token ids, labels, position ids
+
+
+def last_turn(tokenizer: PreTrainedTokenizerBase, messages: list[Message], gap: int = 0) -> Example:
+    """Token ids, labels (-100 except on the final assistant turn: earlier assistant turns
+    are context, an own first answer may be wrong) and position ids, which jump by `gap`
+    where the final turn starts, as if a debate's worth of text stood before it."""
     r = render(tokenizer, messages, train=True)
     ids, mask = r["input_ids"], r["assistant_masks"]
     start = len(mask)
     while start > 0 and mask[start - 1]:
         start -= 1
-    return ids, [-100] * start + ids[start:]
+    turn = max(start - 1, 0)  # the turn's role token, <|assistant|>
+    positions = [*range(turn), *range(turn + gap, len(ids) + gap)]
+    return ids, [-100] * start + ids[start:], positions
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    ids = [x + [pad] * (width - len(x)) for x, _ in examples]
-    labels = [y + [-100] * (width - len(y)) for _, y in examples]
+def collate(examples: list[Example], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _, _ in examples)
+    ids = [x + [pad] * (width - len(x)) for x, _, _ in examples]
+    labels = [y + [-100] * (width - len(y)) for _, y, _ in examples]
+    positions = [z + list(range(z[-1] + 1, z[-1] + 1 + width - len(z))) for _, _, z in examples]
     # Right padding under a causal mask: no real token sees a pad, so no attention mask is
     # needed, which lets SDPA take its faster causal path (7-16% per step on the CPU).
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "position_ids": torch.tensor(positions),
+    }
 
 
 # --- evaluation -----------------------------------------------------------------------
@@ -203,21 +223,16 @@ def train(out: Path, recipe: Recipe, device: str = "cpu") -> float:
     backend = HFBackend(model, tokenizer, gen_cfg, context_length=context)
     held_out = held_out_questions(recipe.eval_n, recipe.eval_seed)
     exclude = {p.question for p in held_out}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, recipe.beta2)
+    )
     total = recipe.stage1_steps + recipe.stage2_steps
 
-    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
+    def lr_at(step: int) -> float:  # linear warmup, one cosine over both stages
         if step < recipe.warmup:
             return (step + 1) / recipe.warmup
         progress = (step - recipe.warmup) / max(1, total - recipe.warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-    def synthetic_other(p: Problem) -> str:
-        slip = rng.randrange(5) if rng.random() < 0.5 else None
-        return solution(p.question, slip, rng)
-
-    def n_others() -> int:
-        return 4 if rng.random() < recipe.five_agent_share else 2
+        return recipe.lr_floor + (1 - recipe.lr_floor) / 2 * (1 + math.cos(math.pi * progress))
 
     out.mkdir(parents=True, exist_ok=True)
     log_file = (out / "training_log.jsonl").open("w")
@@ -237,18 +252,14 @@ def train(out: Path, recipe: Recipe, device: str = "cpu") -> float:
             problems = [question(rng, exclude) for _ in range(n)]
             pool = list(zip(problems, own_samples(backend, problems, 5, seed=recipe.seed + step)))
             model.train()
-        share = recipe.stage1_debate_share if stage == 1 else recipe.stage2_debate_share
-        if rng.random() < share:
+        if stage == 2 and rng.random() < recipe.stage2_debate_share:
             examples = []
             for _ in range(recipe.debate_batch):
-                if stage == 1:
-                    p = question(rng, exclude)
-                    own, others = synthetic_other(p), [synthetic_other(p) for _ in range(n_others())]
-                else:
-                    p, samples = rng.choice(pool)
-                    own, *others = rng.sample(samples, 1 + n_others())
-                    right = solution(p.question)
-                    others = [right if rng.random() < recipe.stage2_correct_peer else o for o in others]
+                p, samples = rng.choice(pool)
+                n_others = 4 if rng.random() < recipe.five_agent_share else 2
+                own, *others = rng.sample(samples, 1 + n_others)
+                right = solution(p.question)
+                others = [right if rng.random() < recipe.stage2_correct_peer else o for o in others]
                 example = last_turn(tokenizer, debate_conversation(p, own, others))
                 if len(example[0]) <= context:  # a rambling sample can overflow the context
                     examples.append(example)
@@ -257,7 +268,8 @@ def train(out: Path, recipe: Recipe, device: str = "cpu") -> float:
             for _ in range(recipe.batch):
                 p = question(rng, exclude)
                 conv = [*TASK.prompt(p), {"role": "assistant", "content": solution(p.question)}]
-                examples.append(last_turn(tokenizer, conv))
+                gap = rng.randrange(recipe.position_gap + 1) if rng.random() < recipe.gap_share else 0
+                examples.append(last_turn(tokenizer, conv, gap))
         if not examples:  # every sampled conversation overflowed (only in tiny smoke runs)
             continue
         for group in optimizer.param_groups:

@@ -19,10 +19,12 @@ from experiments.make_tiny_model import (
     evaluate,
     evaluate_folder,
     held_out_questions,
+    last_turn,
     question,
     solution,
     train,
 )
+from mfsi.charlm import build_tokenizer
 from mfsi.config import GenerationConfig
 from mfsi.generation import HFBackend
 from mfsi.tasks import Arithmetic, Problem
@@ -52,6 +54,10 @@ def test_subtraction_is_written_in_easy_steps():
     assert difference(245, 575) == ["-(575-245)", "-(375-45)"]
 
 
+def test_products_are_written_smaller_factor_first():
+    assert solution("1+27*8+3-4*25").startswith("27*8=8*27=216, 4*25=100, ")
+
+
 def test_solutions_are_consistent_chains_that_fit_the_generation_budget():
     rng = random.Random(0)
     for _ in range(2000):
@@ -62,6 +68,19 @@ def test_solutions_are_consistent_chains_that_fit_the_generation_budget():
         for step in steps.split(", "):  # every form of a step has the step's value
             assert len({eval(form) for form in step.split("=")}) == 1, step  # digits, +-*() only
         assert len(text) + 1 <= CONF["generation"]["max_new_tokens"]  # one token per character, <|end|>
+
+
+def test_a_position_gap_moves_only_the_answer_turn_away_from_the_question():
+    problem = Problem("arith/3+4*5+6-7*8", "3+4*5+6-7*8", "-27")
+    conversation = [
+        *Arithmetic({"train": [], "eval": []}).prompt(problem),
+        {"role": "assistant", "content": solution(problem.question)},
+    ]
+    ids, labels, positions = last_turn(build_tokenizer(), conversation, gap=300)
+    answer = next(i for i, label in enumerate(labels) if label != -100)
+    assert positions[: answer - 1] == list(range(answer - 1))  # the question, as it was
+    assert positions[answer - 1 :] == list(range(answer - 1 + 300, len(ids) + 300))  # <|assistant|> on
+    assert last_turn(build_tokenizer(), conversation)[2] == list(range(len(ids)))
 
 
 def test_loads_offline_and_answers_a_task_prompt(shipped):
