@@ -85,13 +85,20 @@ def bench(name: str, debate) -> dict:
         "new_tokens": tokens,
         "tokens_per_s": tokens / seconds,
         "peak_rss_mb": peak_rss_mb(),
+        "prefilled_tokens": timed.stats.prefilled,  # prompt tokens run through the model (mfsi decoder)
+        "reused_tokens": timed.stats.reused,  # prompt tokens whose keys and values were kept
         "by_round": timed.rounds,
     }
     rate, peak = result["tokens_per_s"], result["peak_rss_mb"]
     print(f"{name:>9}: {tokens} tokens in {seconds:.1f} s = {rate:.0f} tok/s, peak RSS {peak:.0f} MB")
+    if timed.stats.prefilled:
+        print(f"{'':>11}prompt tokens prefilled {timed.stats.prefilled}, reused {timed.stats.reused}")
     for desc, r in timed.rounds.items():
         print(f"{'':>11}{desc}: {r['new_tokens']} tokens in {r['seconds']:.1f} s")
     return result
+
+
+TINY = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml")
 
 
 def main() -> None:
@@ -100,11 +107,11 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=96)  # as conf/model/tiny.yaml
-    parser.add_argument("--batch-size", type=int, default=64)  # as conf/model/tiny.yaml
+    parser.add_argument("--max-new-tokens", type=int, default=TINY.generation.max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=TINY.generation.batch_size)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--decoder", default="mfsi", choices=["mfsi", "hf"], help="of the batched run")
-    parser.add_argument("--context-length", type=int, default=1024)
+    parser.add_argument("--context-length", type=int, default=TINY.model.context_length)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
     parser.add_argument("--out", default="results.json")

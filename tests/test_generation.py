@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
 from mfsi.debate import run_debate
 from mfsi.errors import ConfigError
-from mfsi.generation import HFBackend, compaction, unique_rows
+from mfsi.generation import HFBackend, compaction, decode_attention, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
@@ -151,3 +151,16 @@ def test_prompts_longer_than_the_context_are_cut_and_counted(society):
         HFBackend(
             society.model, society.tokenizer, OmegaConf.structured(GenerationConfig()), context_length=64
         )
+
+
+def test_decode_attention_is_sdpa_for_one_new_position_with_grouped_heads():
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 4, 1, 8), torch.randn(3, 2, 6, 8), torch.randn(3, 2, 6, 8)
+    mask = torch.rand(3, 1, 1, 6) > 0.3
+    mask[..., -1] = True  # every row sees at least its own position
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=mask
+    ).transpose(1, 2)
+    got, _ = decode_attention(None, query, key, value, mask, scaling=8**-0.5)
+    assert got.shape == (3, 1, 4, 8)
+    torch.testing.assert_close(got, expected)
