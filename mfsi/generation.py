@@ -215,10 +215,11 @@ class HFBackend:
         for row, b in enumerate(first.tolist()):
             adapter, ids = rows[b]
             found = self.prefixes.find(adapter, ids)
+            reused = found.length if found else 0
             if found:
                 cache.place(row, width - len(ids), found)
-            begin = min(begin, width - len(ids) + (found.length if found else 0))
-            self.stats.reused += found.length if found else 0
+            begin = min(begin, width - len(ids) + reused)
+            self.stats.reused += reused
         self.stats.prefilled += int(real[first, begin:].sum())
         cache.filled = begin
         for start in range(begin, width, self.cfg.prefill_chunk):
@@ -240,7 +241,7 @@ class HFBackend:
             if done.all() or t == self.cfg.max_new_tokens - 1:
                 break
             if done.sum() * 4 >= len(active):  # drop finished rows: copying the cache costs less
-                self._store(cache, active, done, rows, new, width)
+                self._store(cache, active, done, rows, new, width, eos)
                 order = compaction(done)
                 active, token, position, visible = (x[order] for x in (active, token, position, visible))
                 names = [names[i] for i in order.tolist()] if names is not None else None
@@ -249,17 +250,17 @@ class HFBackend:
             visible[:, 0, 0, width + t] = True
             position = position + 1
             logits = self._forward(token[:, None], visible[..., : width + t + 1], position, cache, names)
-        self._store(cache, active, done, rows, new, width)
+        self._store(cache, active, done, rows, new, width, eos)
         return new
 
-    def _store(self, cache: KVBuffer, active, done, rows, new, width: int) -> None:
+    def _store(self, cache: KVBuffer, active, done, rows, new, width: int, eos: torch.Tensor) -> None:
         """Give the prefix store the conversations of the finished rows in the cache: prompt
         plus answer up to (not including) its end token, whose keys were never computed."""
         if not self.prefixes.limit:
             return
         for row in done.nonzero().flatten().tolist():
             b = int(active[row])
-            end = torch.isin(new[b], torch.tensor(self.eos_ids, device=new.device)).nonzero()
+            end = torch.isin(new[b], eos).nonzero()
             adapter, ids = rows[b]
             if len(end):
                 answer = new[b, : int(end[0])]
