@@ -209,7 +209,7 @@ class HFBackend:
         # A prompt asked several times with the same adapter (every agent's round 1 while
         # the agents share a model) is prefilled once; its keys and values are then copied.
         first, copies = unique_rows(input_ids, names)
-        cache = KVBuffer(len(first), width + self.cfg.max_new_tokens)
+        cache = KVBuffer(len(first), width + self.cfg.max_new_tokens, batch)
         once = [names[i] for i in first.tolist()] if names is not None else None
         begin = width  # prefill from here: every row's part that the prefix store lacks
         for row, b in enumerate(first.tolist()):
@@ -228,7 +228,7 @@ class HFBackend:
             mask = visible[first, ..., :end] & causal
             logits = self._forward(input_ids[first, start:end], mask, position[first, start:end], cache, once)
         if len(first) < batch:
-            cache.select(copies)
+            cache.expand(copies)
             logits = logits[copies]
         active = torch.arange(batch, device=device)  # the batch rows still generating
         position = position[:, -1:]
@@ -368,18 +368,21 @@ def compaction(done: torch.Tensor) -> torch.Tensor:
 
 class KVBuffer:
     """Keys and values per layer in tensors [batch, heads, capacity, dim] allocated once and
-    written in place; attention sees the filled part. The model calls `update` per layer
-    (transformers' cache protocol); the decode loop advances `filled` after each forward."""
+    written in place; attention sees the filled part of the first `rows` rows. The model
+    calls `update` per layer (transformers' cache protocol); the decode loop advances
+    `filled` after each forward. Moving rows copies only filled positions: the rest is
+    masked until written."""
 
-    def __init__(self, rows: int, capacity: int):
+    def __init__(self, rows: int, capacity: int, batch: int):
         self.rows, self.capacity, self.filled = rows, capacity, 0
+        self.batch = batch  # rows allocated: `expand` may grow `rows` up to it
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
     def _allocate(self, layer: int, like: torch.Tensor) -> None:
         """The layer's buffers, on first sight of its keys ([..., heads, positions, dim])."""
         if layer == len(self.keys):
-            shape = (self.rows, like.shape[-3], self.capacity, like.shape[-1])
+            shape = (self.batch, like.shape[-3], self.capacity, like.shape[-1])
             self.keys.append(like.new_zeros(shape))
             self.values.append(like.new_zeros(shape))
 
@@ -404,16 +407,18 @@ class KVBuffer:
             [v[row, :, start:end].clone() for v in self.values],
         )
 
-    def select(self, rows: torch.Tensor) -> None:
-        """New buffers holding these rows (indices; a repeated one copies a row)."""
+    def expand(self, rows: torch.Tensor) -> None:
+        """Row p becomes old row rows[p] (a repeated index copies a row); len(rows) <= batch."""
+        for buffer in self.keys + self.values:
+            filled = buffer[:, :, : self.filled]
+            filled[: len(rows)] = filled.index_select(0, rows)
         self.rows = len(rows)
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
 
     def reorder(self, order: torch.Tensor) -> None:
-        """Row p becomes old row order[p] for p < len(order), in place (see `compaction`):
-        only the rows that move are copied, and the buffers stay allocated."""
+        """Row p becomes old row order[p] for p < len(order) (see `compaction`): only the
+        rows that move are copied."""
         moved = (order != torch.arange(len(order), device=order.device)).nonzero().flatten()
         for buffer in self.keys + self.values:
-            buffer[moved] = buffer[order[moved]]
+            filled = buffer[:, :, : self.filled]
+            filled.index_copy_(0, moved, filled.index_select(0, order[moved]))
         self.rows = len(order)
