@@ -8,7 +8,9 @@ max_new_tokens and sampling settings, in this process: (a) run_debate with HFBac
 batched over questions x agents, with our decode loop; (b) the official pattern: one
 question at a time, one agent at a time, batch size 1, Hugging Face's model.generate.
 Prints generated tokens/s of each, the speed-up, and the peak resident memory of each
-run (VmHWM, reset between runs where Linux allows).
+run (VmHWM, reset between runs where Linux allows). The two run in turns, --repeats times
+each, and each is reported by its median run: the first run of a process pays one-time
+costs, and a shared machine's speed drifts between runs.
 """
 
 from __future__ import annotations
@@ -74,13 +76,14 @@ def reset_peak() -> None:
         pass
 
 
-def bench(name: str, debate) -> dict:
+def bench(debate) -> dict:
+    """One timed run of a debate."""
     reset_peak()
     start = time.perf_counter()
     timed = debate()
     seconds = time.perf_counter() - start
     tokens = timed.stats.new_tokens
-    result = {
+    return {
         "seconds": seconds,
         "new_tokens": tokens,
         "tokens_per_s": tokens / seconds,
@@ -89,11 +92,21 @@ def bench(name: str, debate) -> dict:
         "reused_tokens": timed.stats.reused,  # prompt tokens whose keys and values were kept
         "by_round": timed.rounds,
     }
+
+
+def report(name: str, runs: list[dict]) -> dict:
+    """The median run (by seconds) with every run's seconds, printed."""
+    result = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    result = {**result, "seconds_of_runs": [r["seconds"] for r in runs]}
+    tokens, seconds = result["new_tokens"], result["seconds"]
     rate, peak = result["tokens_per_s"], result["peak_rss_mb"]
+    each = ", ".join(f"{s:.1f}" for s in result["seconds_of_runs"])
     print(f"{name:>9}: {tokens} tokens in {seconds:.1f} s = {rate:.0f} tok/s, peak RSS {peak:.0f} MB")
-    if timed.stats.prefilled:
-        print(f"{'':>11}prompt tokens prefilled {timed.stats.prefilled}, reused {timed.stats.reused}")
-    for desc, r in timed.rounds.items():
+    print(f"{'':>11}median of runs of {each} s")
+    if result["prefilled_tokens"]:
+        prefilled, reused = result["prefilled_tokens"], result["reused_tokens"]
+        print(f"{'':>11}prompt tokens prefilled {prefilled}, reused {reused}")
+    for desc, r in result["by_round"].items():
         print(f"{'':>11}{desc}: {r['new_tokens']} tokens in {r['seconds']:.1f} s")
     return result
 
@@ -114,6 +127,7 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, default=TINY.model.context_length)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each, in turns; median reported")
     parser.add_argument("--out", default="results.json")
     args = parser.parse_args()
     if args.threads:
@@ -145,9 +159,13 @@ def main() -> None:
 
         return go
 
-    batched = bench("batched", debate(gen, one_at_a_time=False))
     # The official code calls Hugging Face's model.generate with its default (dynamic) cache.
-    single = bench("official", debate(replace(gen, batch_size=1, decoder="hf"), one_at_a_time=True))
+    patterns = {
+        "batched": debate(gen, one_at_a_time=False),
+        "official": debate(replace(gen, batch_size=1, decoder="hf"), one_at_a_time=True),
+    }
+    runs = [{name: bench(go) for name, go in patterns.items()} for _ in range(args.repeats)]
+    batched, single = (report(name, [r[name] for r in runs]) for name in patterns)
     speedup = batched["tokens_per_s"] / single["tokens_per_s"]
     print(f"speed-up (tokens/s, batched / official): {speedup:.1f}x")
     results = {
