@@ -177,3 +177,16 @@ def test_nothing_to_learn_stops_clearly_and_keeps_iteration_0(tiny_model_dir, tm
     with pytest.raises(DataError, match="nothing to learn"):
         loop.run(make(f"model.path={tiny_model_dir}", "generation.max_new_tokens=8"), tmp_path)
     assert len(rundir.read_jsonl(tmp_path / "metrics.jsonl")) == 1
+
+
+def test_transfer_finetunes_on_one_task_and_evaluates_on_another(tmp_path):
+    gsm = ROOT / "tests" / "fixtures" / "gsm"
+    cfg = make("+experiment=transfer", "task=arithmetic", f"eval_task.path={gsm}", "eval_task.n_eval=3")
+    loop.run(cfg, tmp_path)
+    rows = rundir.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [(r["iteration"], r["task"], r["n"]) for r in rows] == [(0, "gsm", 3), (1, "gsm", 3)]
+    assert rundir.read_json(tmp_path / "iter_1/data/sizes.json")  # trained on arithmetic answers
+    trained_on = {r["question"] for r in rundir.read_jsonl(tmp_path / "iter_0/debate_train.jsonl")}
+    asked = {r["question"] for r in rundir.read_jsonl(tmp_path / "iter_1/debate_eval.jsonl")}
+    gsm_questions = {line["question"] for line in rundir.read_jsonl(gsm / "test.jsonl")}
+    assert asked <= gsm_questions and not trained_on & gsm_questions
