@@ -1,4 +1,4 @@
-"""Regenerate the embedded default model, models/tiny-arith, from nothing (CPU, ~21 min).
+"""Regenerate the embedded default model, models/tiny-arith, from nothing (2-core CPU: 15-21 min).
 
     python -m experiments.make_tiny_model --out models/tiny-arith             # the shipped model
     python -m experiments.make_tiny_model --out /tmp/t --steps 4 --eval-n 8   # smoke test
