@@ -228,7 +228,7 @@ class HFBackend:
             mask = visible[first, ..., :end] & causal
             logits = self._forward(input_ids[first, start:end], mask, position[first, start:end], cache, once)
         if len(first) < batch:
-            cache.expand(copies)
+            cache.reorder(copies)
             logits = logits[copies]
         active = torch.arange(batch, device=device)  # the batch rows still generating
         position = position[:, -1:]
@@ -375,7 +375,7 @@ class KVBuffer:
 
     def __init__(self, rows: int, capacity: int, batch: int):
         self.rows, self.capacity, self.filled = rows, capacity, 0
-        self.batch = batch  # rows allocated: `expand` may grow `rows` up to it
+        self.batch = batch  # rows allocated: `reorder` may grow `rows` up to it
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
@@ -407,16 +407,10 @@ class KVBuffer:
             [v[row, :, start:end].clone() for v in self.values],
         )
 
-    def expand(self, rows: torch.Tensor) -> None:
-        """Row p becomes old row rows[p] (a repeated index copies a row); len(rows) <= batch."""
-        for buffer in self.keys + self.values:
-            filled = buffer[:, :, : self.filled]
-            filled[: len(rows)] = filled.index_select(0, rows)
-        self.rows = len(rows)
-
     def reorder(self, order: torch.Tensor) -> None:
-        """Row p becomes old row order[p] for p < len(order) (see `compaction`): only the
-        rows that move are copied."""
+        """Row p becomes old row order[p] for p < len(order), len(order) <= batch: a repeated
+        index copies a row (`unique_rows`' copies), a dropped one leaves (`compaction`).
+        Only the rows that move are copied."""
         moved = (order != torch.arange(len(order), device=order.device)).nonzero().flatten()
         for buffer in self.keys + self.values:
             filled = buffer[:, :, : self.filled]
