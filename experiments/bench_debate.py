@@ -90,6 +90,8 @@ def bench(debate) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "prefilled_tokens": timed.stats.prefilled,  # prompt tokens run through the model (mfsi decoder)
         "reused_tokens": timed.stats.reused,  # prompt tokens whose keys and values were kept
+        "drafted_tokens": timed.stats.drafted,  # prompt-lookup drafts fed (--lookup-tokens)
+        "accepted_tokens": timed.stats.accepted,  # and kept
         "by_round": timed.rounds,
     }
 
@@ -106,6 +108,8 @@ def report(name: str, runs: list[dict]) -> dict:
     if result["prefilled_tokens"]:
         prefilled, reused = result["prefilled_tokens"], result["reused_tokens"]
         print(f"{'':>11}prompt tokens prefilled {prefilled}, reused {reused}")
+    if result["drafted_tokens"]:
+        print(f"{'':>11}drafted tokens {result['drafted_tokens']}, kept {result['accepted_tokens']}")
     for desc, r in result["by_round"].items():
         print(f"{'':>11}{desc}: {r['new_tokens']} tokens in {r['seconds']:.1f} s")
     return result
@@ -127,6 +131,9 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, default=TINY.model.context_length)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
+    parser.add_argument(
+        "--lookup-tokens", type=int, default=0, help="of the batched run: generation.lookup_tokens"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, in turns; median reported")
     parser.add_argument("--out", default="results.json")
     args = parser.parse_args()
@@ -141,6 +148,7 @@ def main() -> None:
         batch_size=args.batch_size,
         temperature=args.temperature,
         decoder=args.decoder,
+        lookup_tokens=args.lookup_tokens,
     )
     agents = roles(args.agents, shared=False, trained=())
 
@@ -162,7 +170,7 @@ def main() -> None:
     # The official code calls Hugging Face's model.generate with its default (dynamic) cache.
     patterns = {
         "batched": debate(gen, one_at_a_time=False),
-        "official": debate(replace(gen, batch_size=1, decoder="hf"), one_at_a_time=True),
+        "official": debate(replace(gen, batch_size=1, decoder="hf", lookup_tokens=0), one_at_a_time=True),
     }
     runs = [{name: bench(go) for name, go in patterns.items()} for _ in range(args.repeats)]
     batched, single = (report(name, [r[name] for r in runs]) for name in patterns)

@@ -64,6 +64,15 @@ class GenerationConfig:
     # Keys and values of the last call's conversations, kept for the next debate round to
     # extend (mfsi decoder; helps while an agent's generator and critic are the same model)
     prefix_cache_mb: int = 2048  # 0 = off
+    # Prompt lookup (mfsi decoder): each step also feeds up to lookup_tokens drafted tokens,
+    # copied from what followed the row's last lookup_ngram tokens earlier in its context,
+    # and keeps those that sampling agrees with: the output distribution is unchanged. Pays
+    # where answers quote the prompt, as critics quote the others in debate rounds >= 2.
+    lookup_tokens: int = 0  # 0 = off
+    lookup_ngram: int = 3
+    # Draft the k-th token only while its estimated chance to be kept (the share of drafts
+    # kept so far in the batch, to the k-th power) is at least this.
+    lookup_min_keep: float = 0.5
 
 
 @dataclass

@@ -9,7 +9,8 @@ batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (def
 our own loop: the KV cache is allocated once; the prompt is prefilled in chunks, a prompt
 that recurs in the batch with the same adapter only once, and a prompt that continues a
 conversation of the previous call (the next debate round) only from where it departs
-(`Prefixes`); finished rows leave the batch. decoder="hf" calls model.generate, for models
+(`Prefixes`); finished rows leave the batch; with lookup_tokens > 0 a step also checks
+tokens drafted by prompt lookup (`PromptLookup`). decoder="hf" calls model.generate, for models
 our loop cannot drive (see `unsupported`). A prompt that does not fit the context with
 max_new_tokens is cut from the left and counted in `stats`.
 """
@@ -17,6 +18,7 @@ max_new_tokens is cut from the left and counted in `stats`.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +46,8 @@ class Stats:
     truncated: int = 0
     prefilled: int = 0  # prompt tokens run through the model
     reused: int = 0  # prompt tokens whose keys and values came from the previous call
+    drafted: int = 0  # tokens fed as prompt-lookup drafts
+    accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -101,6 +105,11 @@ class HFBackend:
             raise ConfigError(
                 f"generation.max_new_tokens={cfg.max_new_tokens} leaves no room for the prompt in "
                 f"model.context_length={context_length}: expected max_new_tokens < context_length"
+            )
+        if cfg.lookup_tokens < 0 or cfg.lookup_ngram < 1 or not 0 < cfg.lookup_min_keep <= 1:
+            raise ConfigError(
+                f"generation.lookup_tokens={cfg.lookup_tokens}, lookup_ngram={cfg.lookup_ngram}, "
+                f"lookup_min_keep={cfg.lookup_min_keep}: expected tokens >= 0, ngram >= 1, 0 < min_keep <= 1"
             )
         problem = cfg.decoder == "mfsi" and unsupported(model.config, context_length)
         if problem:
@@ -195,21 +204,27 @@ class HFBackend:
         The KV cache is preallocated (no per-token copy), the prompt is prefilled in chunks
         of generation.prefill_chunk positions (a big batch's activations then stay in the CPU
         cache), from the first position that `self.prefixes` does not already hold, and
-        finished rows are dropped from the batch once a quarter of it is done. `rows` are the
-        batch's (adapter, prompt ids), the prefix store's keys.
+        finished rows are dropped from the batch once a quarter of it is done. With
+        generation.lookup_tokens, a step feeds each row its last token plus drafted ones
+        (`PromptLookup`), samples a token after each, and keeps the drafts up to the first
+        that the sample after its predecessor differs from, then that sample: exactly what
+        sampling one token per step would draw. Rows then advance by different counts, and
+        each writes at its own columns. `rows` are the batch's (adapter, prompt ids), the
+        prefix store's keys.
         """
         batch, width = input_ids.shape
-        pad, device = self.tokenizer.pad_token_id, input_ids.device
+        pad, device, limit = self.tokenizer.pad_token_id, input_ids.device, self.cfg.max_new_tokens
         eos = torch.tensor(self.eos_ids, device=device)
-        # visible[b, 0, 0, j]: row b's queries may attend to position j (not left padding,
-        # already written); each query also needs j <= its own position (causal).
-        visible = torch.zeros(batch, 1, 1, width + self.cfg.max_new_tokens, dtype=torch.bool, device=device)
-        visible[:, 0, 0, :width] = real.bool()
+        drafter = PromptLookup(self.cfg.lookup_tokens, self.cfg.lookup_ngram, self.cfg.lookup_min_keep)
+        # visible[b, j]: row b's queries may attend to column j (not left padding, written
+        # and kept); each query also needs j <= its own column (causal).
+        visible = torch.zeros(batch, width + limit + drafter.tokens, dtype=torch.bool, device=device)
+        visible[:, :width] = real.bool()
         position = (real.cumsum(-1) - 1).clamp(min=0)
         # A prompt asked several times with the same adapter (every agent's round 1 while
         # the agents share a model) is prefilled once; its keys and values are then copied.
         first, copies = unique_rows(input_ids, names)
-        cache = KVBuffer(len(first), width + self.cfg.max_new_tokens, batch)
+        cache = KVBuffer(len(first), visible.shape[1], batch)
         once = [names[i] for i in first.tolist()] if names is not None else None
         begin = width  # prefill from here: every row's part that the prefix store lacks
         for row, b in enumerate(first.tolist()):
@@ -225,31 +240,57 @@ class HFBackend:
         for start in range(begin, width, self.cfg.prefill_chunk):
             end = min(start + self.cfg.prefill_chunk, width)
             causal = torch.arange(end, device=device) <= torch.arange(start, end, device=device)[:, None]
-            mask = visible[first, ..., :end] & causal
+            mask = visible[first, None, None, :end] & causal
             logits = self._forward(input_ids[first, start:end], mask, position[first, start:end], cache, once)
         if len(first) < batch:
             cache.reorder(copies)
             logits = logits[copies]
+        shift = width - real.sum(-1)  # left padding: a row's position is its column - shift
+        new = torch.full((batch, limit), pad, device=device)
+        token = self._sample(logits[:, -1])  # the last token sampled, not yet in the cache
+        new[:, 0] = token
+        length = torch.ones(batch, dtype=torch.long, device=device)  # tokens sampled per row
         active = torch.arange(batch, device=device)  # the batch rows still generating
-        position = position[:, -1:]
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        new = torch.full((batch, self.cfg.max_new_tokens), pad, device=device)
-        for t in range(self.cfg.max_new_tokens):
-            token = self._sample(logits).masked_fill(done, pad)
-            new[active, t] = token
-            done |= torch.isin(token, eos)
-            if done.all() or t == self.cfg.max_new_tokens - 1:
-                break
+        done = torch.isin(token, eos) | (length >= limit)
+        while not done.all():
             if done.sum() * 4 >= len(active):  # drop finished rows: copying the cache costs less
                 self._store(cache, active, done, rows, new, width, eos)
                 order = compaction(done)
-                active, token, position, visible = (x[order] for x in (active, token, position, visible))
+                active, token, length, shift, visible = (
+                    x[order] for x in (active, token, length, shift, visible)
+                )
                 names = [names[i] for i in order.tolist()] if names is not None else None
                 cache.reorder(order)
                 done = torch.zeros(len(active), dtype=torch.bool, device=device)
-            visible[:, 0, 0, width + t] = True
-            position = position + 1
-            logits = self._forward(token[:, None], visible[..., : width + t + 1], position, cache, names)
+            k = drafter.length()
+            drafts = drafter.drafts(torch.cat([input_ids, new], 1)[active], width + length, k) if k else None
+            steps = token[:, None] if drafts is None else torch.cat([token[:, None], drafts.clamp(min=0)], 1)
+            offsets = torch.arange(steps.shape[1], device=device)
+            columns = width + length[:, None] - 1 + offsets
+            fed = torch.arange(len(active), device=device)[:, None].expand_as(columns)
+            visible[fed, columns] = True
+            mask = visible[:, None, None, : int(columns.max()) + 1]
+            if drafts is not None:  # causal among this step's own tokens
+                mask = mask & (torch.arange(mask.shape[-1], device=device) <= columns[..., None])[:, None]
+            if drafter.tokens:  # rows advance by different counts: each writes at its own column
+                cache.columns = columns
+            logits = self._forward(steps, mask, columns - shift[:, None], cache, names)
+            sampled = self._sample(logits.flatten(0, 1)).view(steps.shape)
+            count = torch.ones_like(length)
+            if drafts is not None:  # keep the drafts sampling agrees with, then its first other token
+                count += (sampled[:, :-1] == drafts).cumprod(-1).sum(-1)
+                drafter.update(drafts[~done], count[~done] - 1)
+                self.stats.drafted += int((drafts[~done] >= 0).sum())
+                self.stats.accepted += int((count[~done] - 1).sum())
+            ended = torch.isin(sampled, eos) & (offsets < count[:, None])
+            count = torch.where(ended.any(-1), ended.int().argmax(-1) + 1, count)
+            count = torch.minimum(count, limit - length).masked_fill(done, 0)
+            kept = offsets < count[:, None]
+            visible[fed, columns] = kept  # a draft after the first disagreement is masked again
+            new[active[:, None].expand_as(kept)[kept], (length[:, None] + offsets)[kept]] = sampled[kept]
+            length = length + count
+            token = sampled.gather(-1, (count - 1).clamp(min=0)[:, None]).squeeze(-1)
+            done |= ended.any(-1) | (length >= limit)
         self._store(cache, active, done, rows, new, width, eos)
         return new
 
@@ -269,7 +310,9 @@ class HFBackend:
                 )
 
     def _forward(self, input_ids, mask, position, cache: KVBuffer, names) -> torch.Tensor:
-        """Next-token logits [batch, vocab] after input_ids; writes their keys and values."""
+        """Next-token logits [batch, positions, vocab] at every position of input_ids, whose
+        keys and values it writes: at cache.columns if set (a decode step), else from
+        cache.filled on (prefill)."""
         with attention(self.model, "mfsi"):
             out = self.model(
                 input_ids=input_ids,
@@ -277,11 +320,11 @@ class HFBackend:
                 position_ids=position,
                 cache=cache,
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=input_ids.shape[1] if cache.columns is not None else 1,
                 **adapter_kwargs(names),
             )
-        cache.filled += input_ids.shape[1]
-        return out.logits[:, -1].float()
+        cache.advance(input_ids.shape[1])
+        return out.logits.float()
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy at temperature 0, else nucleus sampling (top_p) at the temperature."""
@@ -356,6 +399,46 @@ def unique_rows(input_ids: torch.Tensor, names: list[str] | None) -> tuple[torch
     return first[order], order.argsort()[copies]
 
 
+@dataclass
+class PromptLookup:
+    """Drafts for a decode step by prompt lookup (Saxena, 2023): a row's next tokens are
+    guessed to be those that followed the latest earlier occurrence of its last `ngram`
+    tokens in its context. Drafted token k is kept with probability ~alpha**k, alpha the
+    share of drafts kept so far (from a prior of one kept, one missed); a step drafts as
+    many as keep that at or above `min_keep`, up to `tokens` (0: never)."""
+
+    tokens: int
+    ngram: int
+    min_keep: float
+    kept: int = 1
+    missed: int = 1
+
+    def length(self) -> int:
+        """How many tokens to draft this step."""
+        if not self.tokens:
+            return 0
+        alpha = self.kept / (self.kept + self.missed)
+        return max(0, min(self.tokens, int(math.log(self.min_keep) / math.log(alpha))))
+
+    def drafts(self, context: torch.Tensor, ends: torch.Tensor, k: int) -> torch.Tensor:
+        """Up to k drafts per row [rows, <= k] (-1: none) for rows whose tokens are
+        context[b, :ends[b]]."""
+        width, n = context.shape[1], self.ngram
+        last = context.gather(1, (ends[:, None] - n + torch.arange(n, device=context.device)).clamp(min=0))
+        starts = torch.arange(width - n + 1, device=context.device)
+        # An earlier occurrence: one followed by at least one known token.
+        seen = (context.unfold(1, n, 1) == last[:, None]).all(-1) & (starts + n < ends[:, None])
+        at = torch.where(seen, starts, -1).amax(-1, keepdim=True) + n + torch.arange(k, device=context.device)
+        drafts = context.gather(1, at.clamp(max=width - 1))
+        drafts = drafts.masked_fill((at >= ends[:, None]) | ~seen.any(-1, keepdim=True), -1)
+        return drafts[:, : int((drafts >= 0).sum(-1).max())]  # as long as the longest
+
+    def update(self, drafts: torch.Tensor, kept: torch.Tensor) -> None:
+        """Count the drafts kept per row and the rows that missed one of theirs."""
+        self.kept += int(kept.sum())
+        self.missed += int((kept < (drafts >= 0).sum(-1)).sum())
+
+
 def compaction(done: torch.Tensor) -> torch.Tensor:
     """The rows to keep, as old row numbers for new positions 0..n-1: a row still running
     keeps its place unless it is past n, then it fills a finished row's place below n."""
@@ -369,13 +452,14 @@ def compaction(done: torch.Tensor) -> torch.Tensor:
 class KVBuffer:
     """Keys and values per layer in tensors [batch, heads, capacity, dim] allocated once and
     written in place; attention sees the filled part of the first `rows` rows. The model
-    calls `update` per layer (transformers' cache protocol); the decode loop advances
-    `filled` after each forward. Moving rows copies only filled positions: the rest is
-    masked until written."""
+    calls `update` per layer (transformers' cache protocol): a prefill chunk is written from
+    column `filled` on, a decode step at each row's own `columns` [rows, positions]. Moving
+    rows copies only filled columns: the rest is masked until written."""
 
     def __init__(self, rows: int, capacity: int, batch: int):
         self.rows, self.capacity, self.filled = rows, capacity, 0
         self.batch = batch  # rows allocated: `reorder` may grow `rows` up to it
+        self.columns: torch.Tensor | None = None
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
@@ -386,12 +470,27 @@ class KVBuffer:
             self.keys.append(like.new_zeros(shape))
             self.values.append(like.new_zeros(shape))
 
+    def _end(self, positions: int) -> int:
+        """The columns attention sees once `positions` more are written."""
+        return self.filled + positions if self.columns is None else int(self.columns.max()) + 1
+
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
         self._allocate(layer, keys)
-        end = self.filled + keys.shape[2]
-        self.keys[layer][: self.rows, :, self.filled : end] = keys
-        self.values[layer][: self.rows, :, self.filled : end] = values
-        return self.keys[layer][: self.rows, :, :end], self.values[layer][: self.rows, :, :end]
+        end = self._end(keys.shape[2])
+        cached = self.keys[layer][: self.rows, :, :end], self.values[layer][: self.rows, :, :end]
+        if self.columns is None:
+            for buffer, new in zip(cached, (keys, values)):
+                buffer[:, :, self.filled :] = new
+        else:
+            at = self.columns[:, None, :, None].expand_as(keys)
+            for buffer, new in zip(cached, (keys, values)):
+                buffer.scatter_(2, at, new)
+        return cached
+
+    def advance(self, positions: int) -> None:
+        """After a forward: `positions` more were written (at `columns`, if set)."""
+        self.filled = max(self.filled, self._end(positions))
+        self.columns = None
 
     def place(self, row: int, start: int, prefix: Prefix) -> None:
         """Write a stored prefix into one row from position `start` on (before prefilling)."""

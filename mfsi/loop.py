@@ -53,6 +53,7 @@ RESUMABLE = (
     "generation.decoder",
     "generation.prefill_chunk",
     "generation.prefix_cache_mb",
+    "generation.lookup_",
     "finetune.trainer.",
 )
 

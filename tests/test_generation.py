@@ -1,6 +1,8 @@
 """HFBackend: our decoder equals model.generate, mixed-adapter batches equal grouped ones,
-sampling is seeded and top-p is the nucleus; over-long prompts are cut and counted."""
+sampling is seeded and top-p is the nucleus, prompt lookup changes no output and no
+distribution; over-long prompts are cut and counted."""
 
+import collections
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
 from mfsi.debate import run_debate
 from mfsi.errors import ConfigError
-from mfsi.generation import HFBackend, compaction, decode_attention, unique_rows
+from mfsi.generation import HFBackend, PromptLookup, compaction, decode_attention, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
@@ -44,7 +46,8 @@ def test_mixed_and_grouped_adapters_generate_the_same_greedy_text(society):
     mixed = backend(society, batch_size=6, mixed_adapters=True).generate(requests, seed=0)
     chunked = backend(society, batch_size=4, mixed_adapters=True, prefill_chunk=3).generate(requests, seed=0)
     hf = backend(society, batch_size=6, mixed_adapters=True, decoder="hf").generate(requests, seed=0)
-    assert mixed == grouped == chunked == hf
+    drafted = backend(society, batch_size=6, mixed_adapters=True, lookup_tokens=4).generate(requests, seed=0)
+    assert mixed == grouped == chunked == hf == drafted
     assert len({grouped[0], grouped[1], grouped[2]}) == 3  # the adapters really differ
 
 
@@ -74,6 +77,36 @@ def test_compaction_moves_only_rows_past_the_end_into_finished_places():
     done = torch.tensor([False, True, False, True, False, False])
     assert compaction(done).tolist() == [0, 4, 2, 5]
     assert compaction(torch.tensor([True, False])).tolist() == [1]
+
+
+def test_prompt_lookup_drafts_what_followed_the_latest_occurrence_of_the_last_tokens():
+    lookup = PromptLookup(tokens=8, ngram=2, min_keep=0.5)
+    context = torch.tensor(
+        [
+            [7, 8, 1, 7, 8, 2, 3, 7, 8, 0],  # "7 8" follows itself twice: copy after the latest
+            [1, 2, 3, 4, 5, 6, 1, 2, 9, 9],  # known tokens end at 8: the draft stops there
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 4],  # "8 9" never came before: no draft
+        ]
+    )
+    drafts = lookup.drafts(context, ends=torch.tensor([9, 8, 10]), k=4)
+    assert drafts.tolist() == [[2, 3, 7, 8], [3, 4, 5, 6], [-1, -1, -1, -1]]
+    assert lookup.drafts(context, ends=torch.tensor([9, 8, 10]), k=1).tolist() == [[2], [3], [-1]]
+    assert lookup.drafts(context[2:], ends=torch.tensor([10]), k=4).shape == (1, 0)
+
+
+def test_prompt_lookup_drafts_more_tokens_the_more_of_them_are_kept():
+    lookup = PromptLookup(tokens=8, ngram=3, min_keep=0.5)
+    assert lookup.length() == 1  # the prior: half kept, 0.5**1 >= 0.5 > 0.5**2
+    lookup.update(torch.tensor([[4, 5, 6, -1], [4, 5, -1, -1]]), kept=torch.tensor([3, 0]))
+    assert (lookup.kept, lookup.missed) == (4, 2)  # the second row missed its first draft
+    assert lookup.length() == 1  # alpha 2/3: 0.67 >= 0.5 > 0.44
+    lookup.update(torch.tensor([[4] * 8]), kept=torch.tensor([8]))
+    assert lookup.length() == 4  # alpha 12/14: 0.86**4 = 0.54
+    lookup.kept = 1000
+    assert lookup.length() == 8  # at most `tokens`
+    lookup.missed = 1001
+    assert lookup.length() == 0  # alpha just below 0.5: not even one
+    assert PromptLookup(tokens=0, ngram=3, min_keep=0.5).length() == 0
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +148,53 @@ def test_the_next_debate_round_extends_the_kept_conversations_and_writes_the_sam
     assert off.reused == 0 and on.reused > 0
     assert on.prefilled + on.reused >= off.prefilled > on.prefilled
     assert 0 < debate(1)[1].reused < on.reused  # 1 MB keeps one ~0.8 MB conversation per call
+
+
+def test_prompt_lookup_writes_what_one_token_per_step_writes(shipped):
+    # Greedy, the same logits give the same tokens: so drafts, their cache columns, masks
+    # and positions, and rows advancing by different counts must all be right. Round 2 of
+    # a debate, where critics quote the others, keeps many drafts.
+    model, tokenizer, _ = shipped
+    task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=8, seed=0)))
+
+    def debate(**kw):
+        cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=96, batch_size=24, temperature=0.0, **kw))
+        backend = HFBackend(model, tokenizer, cfg, context_length=1024)
+        records = run_debate(task, task.split("eval"), backend, [(None, None)] * 3, 2, False, seed=0)
+        return [r["responses"] for r in records], backend.stats
+
+    drafted, stats = debate(lookup_tokens=8)
+    assert drafted == debate()[0]
+    assert 0 < stats.accepted < stats.drafted
+
+
+def test_prompt_lookup_samples_from_the_same_distribution(shipped):
+    # A draft is kept only where sampling agrees, so answers are distributed as with one
+    # token per step; keeping every draft unchecked moves them far (total variation ~1).
+    model, tokenizer, _ = shipped
+    task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=2, seed=0)))
+    question = task.prompt(task.split("eval")[1])  # its round-2 answers spread over 3 values
+
+    def sample(conversation, copies: int, seed: int, **kw) -> tuple[list[str], object]:
+        cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=112, batch_size=copies, **kw))
+        backend = HFBackend(model, tokenizer, cfg, context_length=1024)
+        return backend.generate([(None, conversation)] * copies, seed=seed), backend.stats
+
+    own, *others = sample(question, 3, seed=1)[0]
+    critic = question + [{"role": "assistant", "content": own}, task.debate_prompt(others)]
+    texts, stats = sample(critic, 240, seed=0, lookup_tokens=8)
+    drafted = collections.Counter(map(task.extract_answer, texts))
+    plain = collections.Counter(map(task.extract_answer, sample(critic, 240, seed=0)[0]))
+    assert len(plain) >= 3 and stats.accepted > stats.drafted / 2
+    variation = sum(((drafted - plain) + (plain - drafted)).values()) / 240 / 2
+    assert variation < 0.1  # measured 0.017; between two seeds without lookup 0.058
+
+
+def test_prompt_lookup_settings_are_checked(shipped):
+    model, tokenizer, _ = shipped
+    for bad in (dict(lookup_tokens=-1), dict(lookup_ngram=0), dict(lookup_min_keep=0.0)):
+        with pytest.raises(ConfigError, match="lookup"):
+            HFBackend(model, tokenizer, OmegaConf.structured(GenerationConfig(**bad)), context_length=2048)
 
 
 def test_sampling_is_seeded_and_top_p_keeps_the_nucleus(shipped):
