@@ -111,6 +111,8 @@ class HFBackend:
                 f"generation.lookup_tokens={cfg.lookup_tokens}, lookup_ngram={cfg.lookup_ngram}, "
                 f"lookup_min_keep={cfg.lookup_min_keep}: expected tokens >= 0, ngram >= 1, 0 < min_keep <= 1"
             )
+        if cfg.lookup_tokens and cfg.decoder != "mfsi":
+            raise ConfigError(f"generation.lookup_tokens={cfg.lookup_tokens} needs generation.decoder=mfsi")
         problem = cfg.decoder == "mfsi" and unsupported(model.config, context_length)
         if problem:
             raise ConfigError(

@@ -192,7 +192,13 @@ def test_prompt_lookup_samples_from_the_same_distribution(shipped):
 
 def test_prompt_lookup_settings_are_checked(shipped):
     model, tokenizer, _ = shipped
-    for bad in (dict(lookup_tokens=-1), dict(lookup_ngram=0), dict(lookup_min_keep=0.0)):
+    bad_settings = (
+        dict(lookup_tokens=-1),
+        dict(lookup_ngram=0),
+        dict(lookup_min_keep=0.0),
+        dict(lookup_tokens=4, decoder="hf"),  # model.generate cannot check drafts this way
+    )
+    for bad in bad_settings:
         with pytest.raises(ConfigError, match="lookup"):
             HFBackend(model, tokenizer, OmegaConf.structured(GenerationConfig(**bad)), context_length=2048)
 
