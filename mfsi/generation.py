@@ -276,17 +276,19 @@ class HFBackend:
                 mask = mask & (torch.arange(mask.shape[-1], device=device) <= columns[..., None])[:, None]
             if drafter.tokens:  # rows advance by different counts: each writes at its own column
                 cache.columns = columns
-            logits = self._forward(steps, mask, columns - shift[:, None], cache, names)
+            logits = self._forward(steps, mask, columns - shift[:, None], cache, names, keep=steps.shape[1])
             sampled = self._sample(logits.flatten(0, 1)).view(steps.shape)
-            count = torch.ones_like(length)
-            if drafts is not None:  # keep the drafts sampling agrees with, then its first other token
-                count += (sampled[:, :-1] == drafts).cumprod(-1).sum(-1)
-                drafter.update(drafts[~done], count[~done] - 1)
+            # Keep the drafts that sampling agrees with, then its first other token.
+            agreed = torch.zeros_like(length)
+            if drafts is not None:
+                agreed = (sampled[:, :-1] == drafts).cumprod(-1).sum(-1)
+            ended = torch.isin(sampled, eos) & (offsets <= agreed[:, None])
+            count = torch.where(ended.any(-1), ended.int().argmax(-1), agreed) + 1
+            count = torch.minimum(count, limit - length).masked_fill(done, 0)
+            if drafts is not None:
+                drafter.update(drafts[~done], agreed[~done])
                 self.stats.drafted += int((drafts[~done] >= 0).sum())
                 self.stats.accepted += int((count[~done] - 1).sum())
-            ended = torch.isin(sampled, eos) & (offsets < count[:, None])
-            count = torch.where(ended.any(-1), ended.int().argmax(-1) + 1, count)
-            count = torch.minimum(count, limit - length).masked_fill(done, 0)
             kept = offsets < count[:, None]
             visible[fed, columns] = kept  # a draft after the first disagreement is masked again
             new[active[:, None].expand_as(kept)[kept], (length[:, None] + offsets)[kept]] = sampled[kept]
@@ -311,10 +313,9 @@ class HFBackend:
                     adapter, ids + answer.tolist(), cache.row(row, width - len(ids), width + len(answer))
                 )
 
-    def _forward(self, input_ids, mask, position, cache: KVBuffer, names) -> torch.Tensor:
-        """Next-token logits [batch, positions, vocab] at every position of input_ids, whose
-        keys and values it writes: at cache.columns if set (a decode step), else from
-        cache.filled on (prefill)."""
+    def _forward(self, input_ids, mask, position, cache: KVBuffer, names, keep: int = 1) -> torch.Tensor:
+        """Next-token logits [batch, keep, vocab] at the last `keep` positions of input_ids,
+        whose keys and values it writes: at cache.columns if set, else from cache.filled on."""
         with attention(self.model, "mfsi"):
             out = self.model(
                 input_ids=input_ids,
@@ -322,7 +323,7 @@ class HFBackend:
                 position_ids=position,
                 cache=cache,
                 use_cache=True,
-                logits_to_keep=input_ids.shape[1] if cache.columns is not None else 1,
+                logits_to_keep=keep,
                 **adapter_kwargs(names),
             )
         cache.advance(input_ids.shape[1])
@@ -406,8 +407,8 @@ class PromptLookup:
     """Drafts for a decode step by prompt lookup (Saxena, 2023): a row's next tokens are
     guessed to be those that followed the latest earlier occurrence of its last `ngram`
     tokens in its context. Drafted token k is kept with probability ~alpha**k, alpha the
-    share of drafts kept so far (from a prior of one kept, one missed); a step drafts as
-    many as keep that at or above `min_keep`, up to `tokens` (0: never)."""
+    share of drafts kept so far (from a prior of one kept, one missed); a step drafts the
+    k-th token while alpha**k >= `min_keep`, up to `tokens` (0: never)."""
 
     tokens: int
     ngram: int
