@@ -266,6 +266,8 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
         "new_tokens": generator.stats.new_tokens,
         "prefilled_tokens": generator.stats.prefilled,
         "reused_tokens": generator.stats.reused,
+        "drafted_tokens": generator.stats.drafted,  # generation.lookup_tokens
+        "accepted_tokens": generator.stats.accepted,
         "seconds": round(time.time() - start, 2),
     }
     if stats["truncated"]:

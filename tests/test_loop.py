@@ -190,3 +190,9 @@ def test_transfer_finetunes_on_one_task_and_evaluates_on_another(tmp_path):
     asked = {r["question"] for r in rundir.read_jsonl(tmp_path / "iter_1/debate_eval.jsonl")}
     gsm_questions = {line["question"] for line in rundir.read_jsonl(gsm / "test.jsonl")}
     assert asked <= gsm_questions and not trained_on & gsm_questions
+
+
+def test_prompt_lookup_drafts_are_counted_in_the_metrics(tmp_path):
+    loop.run(make("method=debate", "generation.lookup_tokens=8"), tmp_path)
+    row = rundir.read_jsonl(tmp_path / "metrics.jsonl")[0]
+    assert 0 < row["accepted_tokens"] <= row["drafted_tokens"]
