@@ -82,16 +82,11 @@ def bench(debate) -> dict:
     start = time.perf_counter()
     timed = debate()
     seconds = time.perf_counter() - start
-    tokens = timed.stats.new_tokens
     return {
         "seconds": seconds,
-        "new_tokens": tokens,
-        "tokens_per_s": tokens / seconds,
+        "tokens_per_s": timed.stats.new_tokens / seconds,
         "peak_rss_mb": peak_rss_mb(),
-        "prefilled_tokens": timed.stats.prefilled,  # prompt tokens run through the model (mfsi decoder)
-        "reused_tokens": timed.stats.reused,  # prompt tokens whose keys and values were kept
-        "drafted_tokens": timed.stats.drafted,  # prompt-lookup drafts fed (--lookup-tokens)
-        "accepted_tokens": timed.stats.accepted,  # and kept
+        **timed.stats.tokens(),  # new, prefilled, reused (mfsi decoder), drafted and kept (--lookup-tokens)
         "by_round": timed.rounds,
     }
 

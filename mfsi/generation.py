@@ -50,6 +50,16 @@ class Stats:
     accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
+    def tokens(self) -> dict[str, int]:
+        """The token counts, named as run directories and the benchmark record them."""
+        return {
+            "new_tokens": self.new_tokens,
+            "prefilled_tokens": self.prefilled,
+            "reused_tokens": self.reused,
+            "drafted_tokens": self.drafted,
+            "accepted_tokens": self.accepted,
+        }
+
 
 def unsupported(config, context_length: int) -> str | None:
     """Why our decoder cannot run a model, or None: it needs sdpa attention and full
@@ -222,7 +232,8 @@ class HFBackend:
         # and kept); each query also needs j <= its own column (causal).
         visible = torch.zeros(batch, width + limit + drafter.tokens, dtype=torch.bool, device=device)
         visible[:, :width] = real.bool()
-        position = (real.cumsum(-1) - 1).clamp(min=0)
+        shift = width - real.sum(-1)  # left padding: a row's position is its column - shift
+        position = (torch.arange(width, device=device) - shift[:, None]).clamp(min=0)
         # A prompt asked several times with the same adapter (every agent's round 1 while
         # the agents share a model) is prefilled once; its keys and values are then copied.
         first, copies = unique_rows(input_ids, names)
@@ -247,7 +258,6 @@ class HFBackend:
         if len(first) < batch:
             cache.reorder(copies)
             logits = logits[copies]
-        shift = width - real.sum(-1)  # left padding: a row's position is its column - shift
         new = torch.full((batch, limit), pad, device=device)
         token = self._sample(logits[:, -1])  # the last token sampled, not yet in the cache
         new[:, 0] = token

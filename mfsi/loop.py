@@ -263,11 +263,7 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
     stats = {
         "truncated": generator.stats.truncated,
         "requests": generator.stats.requests,
-        "new_tokens": generator.stats.new_tokens,
-        "prefilled_tokens": generator.stats.prefilled,
-        "reused_tokens": generator.stats.reused,
-        "drafted_tokens": generator.stats.drafted,  # generation.lookup_tokens
-        "accepted_tokens": generator.stats.accepted,
+        **generator.stats.tokens(),
         "seconds": round(time.time() - start, 2),
     }
     if stats["truncated"]:
