@@ -1,6 +1,6 @@
 """How different the agents of a society are: debate records (and the model) in, floats out.
 
-    dissimilarity = embedding_dissimilarity(records)            # default embedder, offline
+    per_question = embedding_dissimilarity(records)             # default embedder, offline
     scores = model_diversity(society.model, society.tokenizer, records,
                              adapters=["gen0", "gen1", "gen2"])  # agent n's generator, None = base
     # {"likelihood_diversity": ..., "kl_divergence": ..., "kl_from_base": ...}
@@ -8,7 +8,8 @@
 Definitions, for records from mfsi.debate with N agents, f_qn agent n's final-round response
 to question q, r_qn its round-1 response, and p_n the next-token distribution of adapters[n]:
 - embedding_dissimilarity = mean_q [1 - mean_{n<k} cos(e(f_qn), e(f_qk))], e = mean-pooled,
-  L2-normalised sentence embedding (all-MiniLM-L6-v2 by default; the paper uses T5-3B).
+  L2-normalised sentence embedding (all-MiniLM-L6-v2 by default; the paper uses T5-3B);
+  `embedding_dissimilarity` returns the bracket per question, callers average it.
 - likelihood_diversity = mean over q and ordered pairs n != k of NLL_n(r_qk), where NLL_n(r)
   is the mean per-token negative log-likelihood (nats) of r's assistant tokens under p_n,
   teacher-forced after the round-1 prompt. Higher = the others say what agent n would not.
@@ -77,8 +78,8 @@ def load_embedder(path: str | None = None) -> Embedder:
     return Embedder(path)
 
 
-def embedding_dissimilarity(records: Sequence[dict], embed: Embed | None = None) -> float | None:
-    """1 - mean pairwise cosine similarity of the final-round responses, averaged over questions."""
+def embedding_dissimilarity(records: Sequence[dict], embed: Embed | None = None) -> list[float] | None:
+    """Per question: 1 - mean pairwise cosine similarity of the agents' final-round responses."""
     agents = len(records[0]["responses"][-1]) if records else 0
     if agents < 2:
         return None
@@ -86,7 +87,7 @@ def embedding_dissimilarity(records: Sequence[dict], embed: Embed | None = None)
     vectors = embed([text for r in records for text in r["responses"][-1]]).view(len(records), agents, -1)
     similarity = vectors @ vectors.transpose(1, 2)  # [q, n, n]
     off_diagonal = similarity.sum((1, 2)) - similarity.diagonal(dim1=1, dim2=2).sum(1)
-    return float((1 - off_diagonal / (agents * (agents - 1))).mean())
+    return (1 - off_diagonal / (agents * (agents - 1))).tolist()
 
 
 def round1_conversation(record: dict, agent: int) -> list[Message]:

@@ -35,7 +35,7 @@ from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
 from mfsi.generation import HFBackend
-from mfsi.metrics import debate_metrics
+from mfsi.metrics import debate_metrics, mean
 from mfsi.selection import rationalisation_requests, select, sizes
 from mfsi.society import Society, load_base, roles
 from mfsi.tasks import Task, load_task
@@ -288,6 +288,9 @@ def evaluate(
         if row["iteration"] == iteration and row["split"] == "eval":
             return row
     agents, rounds = shape(cfg, "eval")
+    metrics = debate_metrics(records, task)
+    scores = diversity(cfg, society, records, agents) if cfg.evaluation.diversity else {}
+    per_question = {**metrics.pop("per_question"), **scores.pop("per_question", {})}
     row = {
         "iteration": iteration,
         "split": "eval",
@@ -298,20 +301,24 @@ def evaluate(
         "agents": agents,
         "rounds": rounds,
         "summarize": cfg.debate.summarize,
-        **debate_metrics(records, task),
-        **(diversity(cfg, society, records, agents) if cfg.evaluation.diversity else {}),
+        **metrics,
+        **scores,
         **stats,
         **(extra or {}),
+        "per_question": per_question,  # last: the long lists after the scalars
     }
     tracker.log(row, records)
     return row
 
 
 def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: int) -> dict:
-    """The diversity metrics of mfsi.diversity for this evaluation's debate."""
+    """The diversity metrics of mfsi.diversity for this evaluation's debate; "per_question"
+    holds each question's embedding dissimilarity."""
     generators = [g for g, _ in roles(agents, cfg.method.shared, society.adapters)]
+    dissimilarity = embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder))
     return {
-        "embedding_dissimilarity": embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder)),
+        "embedding_dissimilarity": None if dissimilarity is None else mean(dissimilarity),
+        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
         **model_diversity(
             society.model,
             society.tokenizer,

@@ -4,10 +4,15 @@
 
 Every question counts: a question whose majority is None (no agent parsed) is wrong, so
 the denominator is always all questions (the official code drops them and inflates).
+`m["per_question"]` keeps the values behind accuracy and consensus for each question, in
+record order, and `m["questions"]` fingerprints that order: two runs with the same
+fingerprint answered the same questions, so the report can compare them question by
+question (a paired test) instead of only by their means.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from mfsi.tasks import Task
@@ -23,16 +28,27 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def fingerprint(ids: list[str]) -> str:
+    """A short stable digest of an ordered list of question ids."""
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+
+
 def debate_metrics(records: list[dict], task: Task) -> dict:
     """Accuracy of the final majority and its stderr, accuracy of the majority at each round,
     each agent's final-round accuracy, consensus (mean share of agents whose final answer
-    agrees with the majority; 0 for a question without majority) and the share of
-    final-round answers that did not parse."""
+    agrees with the majority; 0 for a question without majority), the share of
+    final-round answers that did not parse, and per question: whether the majority is
+    correct (0/1) and how many agents' final answers agree with it."""
     n = len(records)
-    accuracy = mean(task.is_correct(r["majority"], r["gold"]) for r in records)
     rounds = len(records[0]["majorities"]) if records else 0
     agents = len(records[0]["answers"][0]) if records else 0
     finals = [r["answers"][-1] for r in records]
+    correct = [int(task.is_correct(r["majority"], r["gold"])) for r in records]
+    agreeing = [
+        sum(None not in (a, r["majority"]) and task.equivalent(a, r["majority"]) for a in f)
+        for f, r in zip(finals, records)
+    ]
+    accuracy = mean(correct)
     return {
         "n": n,
         "accuracy": accuracy,
@@ -43,9 +59,8 @@ def debate_metrics(records: list[dict], task: Task) -> dict:
         "agent_accuracy": [
             mean(task.is_correct(f[k], r["gold"]) for f, r in zip(finals, records)) for k in range(agents)
         ],
-        "consensus": mean(
-            mean(None not in (a, r["majority"]) and task.equivalent(a, r["majority"]) for a in f)
-            for f, r in zip(finals, records)
-        ),
+        "consensus": mean(k / agents for k in agreeing),
         "parse_failure_rate": mean(a is None for f in finals for a in f),
+        "questions": fingerprint([r["id"] for r in records]),
+        "per_question": {"correct": correct, "agreeing": agreeing},
     }

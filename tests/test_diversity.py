@@ -33,19 +33,19 @@ RECORDS = [
 def test_embedding_dissimilarity_zero_for_identical_and_positive_for_different_texts():
     same = [record("q", ["a"] * 3, ["The answer is 14."] * 3)]
     different = [record("q", ["a"] * 3, ["The answer is 14.", "I like green apples.", "Paris is in France."])]
-    assert embedding_dissimilarity(same) == pytest.approx(0, abs=1e-5)
-    assert embedding_dissimilarity(different) > 0.3
+    assert embedding_dissimilarity(same) == pytest.approx([0], abs=1e-5)
+    assert embedding_dissimilarity(different)[0] > 0.3
     assert embedding_dissimilarity([record("q", ["a"], ["one agent"])]) is None
     assert embedding_dissimilarity([]) is None
 
 
-def test_embedding_dissimilarity_averages_questions_with_any_embedder():
+def test_embedding_dissimilarity_per_question_with_any_embedder():
     # A fake embedder: text -> fixed unit vector, to check the arithmetic exactly.
     table = {"x": [1.0, 0.0], "y": [0.0, 1.0]}
     embed = lambda texts: torch.tensor([table[t] for t in texts])  # noqa: E731
     records = [record("q", ["a"] * 3, ["x", "x", "y"]), record("q", ["a"] * 3, ["x", "x", "x"])]
     # question 1: pairs (x,x)=1, (x,y)=0, (x,y)=0 -> 1 - 1/3; question 2: 0
-    assert embedding_dissimilarity(records, embed) == pytest.approx((2 / 3 + 0) / 2)
+    assert embedding_dissimilarity(records, embed) == pytest.approx([2 / 3, 0])
 
 
 @pytest.fixture(scope="module")

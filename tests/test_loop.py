@@ -86,6 +86,16 @@ def test_one_iteration_writes_the_run_directory(reference):
     ):
         assert key in rows[1], key
     assert rows[0]["kl_from_base"] == 0 and rows[1]["data_sizes"]
+    # Per question, in the eval split's order: what the report's paired tests compare.
+    records = rundir.read_jsonl(run_dir / "iter_1/debate_eval.jsonl")
+    assert [r["id"] for r in records] == rundir.read_json(run_dir / "splits.json")["eval"]
+    per_question = rows[1]["per_question"]
+    assert per_question["correct"] == [int(r["correct"]) for r in records]
+    assert sum(per_question["correct"]) / len(records) == rows[1]["accuracy"]
+    assert sum(per_question["agreeing"]) / (3 * len(records)) == pytest.approx(rows[1]["consensus"])
+    dissimilarity = per_question["embedding_dissimilarity"]
+    assert sum(dissimilarity) / len(records) == pytest.approx(rows[1]["embedding_dissimilarity"], abs=1e-5)
+    assert rows[0]["questions"] == rows[1]["questions"]  # the same eval questions each iteration
     assert summary["final"]["iteration"] == 1
 
 

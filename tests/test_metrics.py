@@ -13,7 +13,13 @@ TASK = Arithmetic({"train": [], "eval": []})
 
 
 def rec(gold: str, answers: list[list[str | None]], majorities: list[str | None]) -> dict:
-    return {"gold": gold, "answers": answers, "majorities": majorities, "majority": majorities[-1]}
+    return {
+        "id": gold,
+        "gold": gold,
+        "answers": answers,
+        "majorities": majorities,
+        "majority": majorities[-1],
+    }
 
 
 RECORDS = [
@@ -33,6 +39,14 @@ def test_accuracy_counts_every_question_and_unparsed_as_wrong():
     assert m["agent_accuracy"] == pytest.approx([2 / 4, 2 / 4, 1 / 4])
     assert m["consensus"] == pytest.approx((1 + 2 / 3 + 0 + 2 / 3) / 4)
     assert m["parse_failure_rate"] == pytest.approx(4 / 12)
+    assert m["per_question"] == {"correct": [1, 0, 0, 1], "agreeing": [3, 2, 0, 2]}
+
+
+def test_question_fingerprint_follows_ids_and_their_order():
+    m = debate_metrics(RECORDS, TASK)
+    assert m["questions"] == debate_metrics(list(RECORDS), TASK)["questions"]
+    assert m["questions"] != debate_metrics(RECORDS[::-1], TASK)["questions"]
+    assert m["questions"] != debate_metrics(RECORDS[:3], TASK)["questions"]
 
 
 def test_accuracy_by_round_follows_each_rounds_majority():
