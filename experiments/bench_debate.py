@@ -4,8 +4,8 @@
         --rounds 2 --out results.json
 
 Both runs debate the same arithmetic questions with the same model, agents, rounds,
-max_new_tokens and sampling settings, in this process: (a) run_debate with HFBackend,
-batched over questions x agents, with our decode loop; (b) the official pattern: one
+max_new_tokens and sampling settings, in this process: (a) run_debate batched over
+questions x agents, with our decoder (or --backend hf); (b) the official pattern: one
 question at a time, one agent at a time, batch size 1, Hugging Face's model.generate.
 Prints generated tokens/s of each, the speed-up, and the peak resident memory of each
 run (VmHWM, reset between runs where Linux allows). The two run in turns, --repeats times
@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from mfsi.config import GenerationConfig, ModelConfig, TaskConfig
 from mfsi.debate import run_debate
-from mfsi.generation import HFBackend
+from mfsi.generation import BACKENDS, Backend
 from mfsi.society import load_base, roles
 from mfsi.tasks import load_task
 
@@ -35,7 +35,7 @@ from mfsi.tasks import load_task
 class OneAtATime:
     """The official pattern: every request alone, batch size 1."""
 
-    def __init__(self, backend: HFBackend):
+    def __init__(self, backend: Backend):
         self.backend = backend
 
     def generate(self, requests, seed: int, desc: str = "") -> list[str]:
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=TINY.generation.max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=TINY.generation.batch_size)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--decoder", default="mfsi", choices=["mfsi", "hf"], help="of the batched run")
+    parser.add_argument("--backend", default="mfsi", choices=["mfsi", "hf"], help="of the batched run")
     parser.add_argument("--context-length", type=int, default=TINY.model.context_length)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
@@ -142,14 +142,14 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         temperature=args.temperature,
-        decoder=args.decoder,
+        backend=args.backend,
         lookup_tokens=args.lookup_tokens,
     )
     agents = roles(args.agents, shared=False, trained=())
 
     def debate(cfg: GenerationConfig, one_at_a_time: bool):
         def go() -> ByRound:
-            backend = HFBackend(
+            backend = BACKENDS[cfg.backend](
                 model, tokenizer, OmegaConf.structured(cfg), context_length=args.context_length
             )
             timed = ByRound(OneAtATime(backend) if one_at_a_time else backend, backend.stats)
@@ -165,7 +165,7 @@ def main() -> None:
     # The official code calls Hugging Face's model.generate with its default (dynamic) cache.
     patterns = {
         "batched": debate(gen, one_at_a_time=False),
-        "official": debate(replace(gen, batch_size=1, decoder="hf", lookup_tokens=0), one_at_a_time=True),
+        "official": debate(replace(gen, batch_size=1, backend="hf", lookup_tokens=0), one_at_a_time=True),
     }
     runs = [{name: bench(go) for name, go in patterns.items()} for _ in range(args.repeats)]
     batched, single = (report(name, [r[name] for r in runs]) for name in patterns)

@@ -59,7 +59,8 @@ class GenerationConfig:
     max_new_tokens: int = 1024
     batch_size: int = 32
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
-    decoder: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
+    backend: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
+    decoder: str | None = None  # renamed generation.backend: a value here is an error that says so
     prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
     # Keys and values of the last call's conversations, kept for the next debate round to
     # extend (mfsi decoder; helps while an agent's generator and critic are the same model)
@@ -157,13 +158,18 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
     "finetune.init": ("previous", "base"),
-    "generation.decoder": ("mfsi", "hf"),
+    "generation.backend": ("mfsi", "hf"),
     "logger.name": ("wandb", "none"),
 }
 
 
 def validate(cfg: DictConfig) -> None:
     """Reject values a type cannot rule out, naming the key and what is expected."""
+    if cfg.generation.decoder is not None:
+        raise ConfigError(
+            f"generation.decoder={cfg.generation.decoder!r}: the key is now generation.backend "
+            f"(use generation.backend={cfg.generation.decoder})"
+        )
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -179,6 +185,14 @@ def validate(cfg: DictConfig) -> None:
         ("generation.top_p", 0 < cfg.generation.top_p <= 1, "a number in (0, 1]"),
         ("evaluation.agents", (cfg.evaluation.agents or 1) >= 1, "an integer >= 1 or null"),
         ("evaluation.rounds", (cfg.evaluation.rounds or 1) >= 1, "an integer >= 1 or null"),
+        ("generation.lookup_tokens", cfg.generation.lookup_tokens >= 0, "an integer >= 0"),
+        ("generation.lookup_ngram", cfg.generation.lookup_ngram >= 1, "an integer >= 1"),
+        ("generation.lookup_min_keep", 0 < cfg.generation.lookup_min_keep <= 1, "a number in (0, 1]"),
+        (
+            "generation.lookup_tokens",
+            not cfg.generation.lookup_tokens or cfg.generation.backend == "mfsi",
+            "0 unless generation.backend=mfsi (the only backend that checks drafts)",
+        ),
     ]
     for key, ok, expected in checks:
         if not ok:

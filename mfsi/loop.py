@@ -34,7 +34,7 @@ from mfsi.config import validate
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
-from mfsi.generation import HFBackend
+from mfsi.generation import make_backend
 from mfsi.metrics import debate_metrics, mean
 from mfsi.selection import rationalisation_requests, select, sizes
 from mfsi.society import Society, load_base, roles
@@ -50,7 +50,8 @@ RESUMABLE = (
     "logger.",
     "generation.batch_size",
     "generation.mixed_adapters",
-    "generation.decoder",
+    "generation.backend",
+    "generation.decoder",  # renamed generation.backend; still in older run directories
     "generation.prefill_chunk",
     "generation.prefix_cache_mb",
     "generation.lookup_",
@@ -151,11 +152,12 @@ def rationalise_stage(
     if not path.exists():
         requests = rationalisation_requests(records, task)
         players = roles(cfg.agents, cfg.method.shared, society.adapters)
-        texts = backend(cfg, society).generate(
-            [(players[agent][0], messages) for _, agent, messages in requests],
-            seed=seed_for(cfg.seed, iteration, "rationalise"),
-            desc="rationalise",
-        )
+        with make_backend(cfg, society) as generator:
+            texts = generator.generate(
+                [(players[agent][0], messages) for _, agent, messages in requests],
+                seed=seed_for(cfg.seed, iteration, "rationalise"),
+                desc="rationalise",
+            )
         rationales = [{"id": q, "agent": a, "response": t} for (q, a, _), t in zip(requests, texts)]
         rundir.write_jsonl(path, rationales)
     return {(r["id"], r["agent"]): r["response"] for r in rundir.read_jsonl(path)}
@@ -212,10 +214,6 @@ def _copy_folder(source: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def backend(cfg: DictConfig, society: Society) -> HFBackend:
-    return HFBackend(society.model, society.tokenizer, cfg.generation, cfg.model.context_length)
-
-
 def record_splits(task: Task, eval_task: Task, run_dir: Path) -> None:
     """Save train/eval ids; a resumed run must have the same ones (same seed and sizes)."""
     splits = {"train": [p.id for p in task.split("train")], "eval": [p.id for p in eval_task.split("eval")]}
@@ -249,17 +247,17 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
         log.info("resume: %s exists, skipping that debate", path)
         return rundir.read_jsonl(path), rundir.read_json(stats_path)
     agents, rounds = shape(cfg, split)
-    generator = backend(cfg, society)
     start = time.time()
-    records = run_debate(
-        task,
-        task.split(split),
-        generator,
-        roles(agents, cfg.method.shared, society.adapters),
-        rounds=rounds,
-        summarize=cfg.debate.summarize,
-        seed=seed_for(cfg.seed, iteration, split),
-    )
+    with make_backend(cfg, society) as generator:
+        records = run_debate(
+            task,
+            task.split(split),
+            generator,
+            roles(agents, cfg.method.shared, society.adapters),
+            rounds=rounds,
+            summarize=cfg.debate.summarize,
+            seed=seed_for(cfg.seed, iteration, split),
+        )
     stats = {
         "truncated": generator.stats.truncated,
         "requests": generator.stats.requests,

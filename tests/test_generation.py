@@ -1,4 +1,4 @@
-"""HFBackend: our decoder equals model.generate, mixed-adapter batches equal grouped ones,
+"""Local backends: our decoder equals model.generate, mixed-adapter batches equal grouped ones,
 sampling is seeded and top-p is the nucleus, prompt lookup changes no output and no
 distribution; over-long prompts are cut and counted."""
 
@@ -10,10 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mfsi.config import GenerationConfig, LoraConfig, ModelConfig, TaskConfig
+from mfsi.config import Config, GenerationConfig, LoraConfig, ModelConfig, TaskConfig, validate
 from mfsi.debate import run_debate
 from mfsi.errors import ConfigError
-from mfsi.generation import HFBackend, PromptLookup, compaction, decode_attention, unique_rows
+from mfsi.generation import BACKENDS, MfsiBackend
+from mfsi.generation.mfsi import PromptLookup, compaction, decode_attention, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
@@ -35,9 +36,14 @@ def society(tiny_model_dir):
     return society
 
 
+def make(model, tokenizer, cfg, context_length: int):
+    """The backend cfg.backend names, as the loop's make_backend builds it."""
+    return BACKENDS[cfg.backend](model, tokenizer, cfg, context_length)
+
+
 def backend(society, **kw):
     cfg = OmegaConf.structured(GenerationConfig(**{"temperature": 0.0, "max_new_tokens": 12, **kw}))
-    return HFBackend(society.model, society.tokenizer, cfg, context_length=256)
+    return make(society.model, society.tokenizer, cfg, context_length=256)
 
 
 def test_mixed_and_grouped_adapters_generate_the_same_greedy_text(society):
@@ -45,7 +51,7 @@ def test_mixed_and_grouped_adapters_generate_the_same_greedy_text(society):
     grouped = backend(society, batch_size=2).generate(requests, seed=0)
     mixed = backend(society, batch_size=6, mixed_adapters=True).generate(requests, seed=0)
     chunked = backend(society, batch_size=4, mixed_adapters=True, prefill_chunk=3).generate(requests, seed=0)
-    hf = backend(society, batch_size=6, mixed_adapters=True, decoder="hf").generate(requests, seed=0)
+    hf = backend(society, batch_size=6, mixed_adapters=True, backend="hf").generate(requests, seed=0)
     drafted = backend(society, batch_size=6, mixed_adapters=True, lookup_tokens=4).generate(requests, seed=0)
     assert mixed == grouped == chunked == hf == drafted
     assert len({grouped[0], grouped[1], grouped[2]}) == 3  # the adapters really differ
@@ -56,9 +62,9 @@ def test_a_prompt_asked_again_is_prefilled_once_and_sampled_independently(societ
     alone = [backend(society).generate([r], seed=0)[0] for r in requests]
     assert backend(society, batch_size=5, mixed_adapters=True).generate(requests, seed=0) == alone
     prefilled = []
-    forward = HFBackend._forward
+    forward = MfsiBackend._forward
     monkeypatch.setattr(
-        HFBackend,
+        MfsiBackend,
         "_forward",
         lambda self, ids, *a, **kw: prefilled.append(ids.shape) or forward(self, ids, *a, **kw),
     )
@@ -123,14 +129,14 @@ def shipped():
 def generate(shipped, seed: int = 0, **kw) -> list[str]:
     model, tokenizer, requests = shipped
     cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=96, batch_size=24, **kw))
-    return HFBackend(model, tokenizer, cfg, context_length=1024).generate(requests, seed=seed)
+    return make(model, tokenizer, cfg, context_length=1024).generate(requests, seed=seed)
 
 
 def test_our_decoder_writes_what_model_generate_writes(shipped):
     # Rows finish at different steps, so finished rows leave the batch on the way; the
     # prompts (~60 tokens) are prefilled in 4 chunks under left padding.
     ours = generate(shipped, temperature=0.0, prefill_chunk=16)
-    assert ours == generate(shipped, temperature=0.0, decoder="hf")
+    assert ours == generate(shipped, temperature=0.0, backend="hf")
     assert len({len(text) for text in ours}) > 5
 
 
@@ -140,7 +146,7 @@ def test_the_next_debate_round_extends_the_kept_conversations_and_writes_the_sam
 
     def debate(prefix_cache_mb: int):
         cfg = GenerationConfig(max_new_tokens=96, batch_size=16, prefix_cache_mb=prefix_cache_mb)
-        backend = HFBackend(model, tokenizer, OmegaConf.structured(cfg), context_length=1024)
+        backend = make(model, tokenizer, OmegaConf.structured(cfg), context_length=1024)
         records = run_debate(task, task.split("eval"), backend, [(None, None)] * 3, 2, False, seed=0)
         return [r["responses"] for r in records], backend.stats
 
@@ -161,7 +167,7 @@ def test_prompt_lookup_writes_what_one_token_per_step_writes(shipped):
 
     def debate(**kw):
         cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=96, batch_size=24, temperature=0.0, **kw))
-        backend = HFBackend(model, tokenizer, cfg, context_length=1024)
+        backend = make(model, tokenizer, cfg, context_length=1024)
         records = run_debate(task, task.split("eval"), backend, [(None, None)] * 3, 2, False, seed=0)
         return [r["responses"] for r in records], backend.stats
 
@@ -179,7 +185,7 @@ def test_prompt_lookup_samples_from_the_same_distribution(shipped):
 
     def sample(conversation, copies: int, seed: int, **kw) -> tuple[list[str], object]:
         cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=112, batch_size=copies, **kw))
-        backend = HFBackend(model, tokenizer, cfg, context_length=1024)
+        backend = make(model, tokenizer, cfg, context_length=1024)
         return backend.generate([(None, conversation)] * copies, seed=seed), backend.stats
 
     own, *others = sample(question, 3, seed=1)[0]
@@ -192,17 +198,23 @@ def test_prompt_lookup_samples_from_the_same_distribution(shipped):
     assert variation < 0.15  # measured 0.017; between two seeds without lookup 0.058
 
 
-def test_prompt_lookup_settings_are_checked(shipped):
-    model, tokenizer, _ = shipped
+def test_prompt_lookup_settings_are_checked():
     bad_settings = (
         dict(lookup_tokens=-1),
         dict(lookup_ngram=0),
         dict(lookup_min_keep=0.0),
-        dict(lookup_tokens=4, decoder="hf"),  # model.generate cannot check drafts this way
+        dict(lookup_tokens=4, backend="hf"),  # model.generate cannot check drafts this way
     )
     for bad in bad_settings:
+        cfg = OmegaConf.structured(Config(generation=GenerationConfig(**bad)))
         with pytest.raises(ConfigError, match="lookup"):
-            HFBackend(model, tokenizer, OmegaConf.structured(GenerationConfig(**bad)), context_length=2048)
+            validate(cfg)
+
+
+def test_the_old_decoder_key_names_the_new_one():
+    cfg = OmegaConf.structured(Config(generation=GenerationConfig(decoder="hf")))
+    with pytest.raises(ConfigError, match="generation.backend=hf"):
+        validate(cfg)
 
 
 def test_sampling_is_seeded_and_top_p_keeps_the_nucleus(shipped):
@@ -224,10 +236,10 @@ def test_our_decoder_refuses_models_it_cannot_drive(tiny_model_dir, setting, rea
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, config=config)
     _, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=str(tiny_model_dir))))
     cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=8))
-    with pytest.raises(ConfigError, match=f"{reason}.*decoder=hf"):
-        HFBackend(model, tokenizer, cfg, context_length=64)
-    cfg.decoder = "hf"
-    assert HFBackend(model, tokenizer, cfg, context_length=64).generate([(None, ASK)], seed=0)
+    with pytest.raises(ConfigError, match=f"{reason}.*backend=hf"):
+        make(model, tokenizer, cfg, context_length=64)
+    cfg.backend = "hf"
+    assert make(model, tokenizer, cfg, context_length=64).generate([(None, ASK)], seed=0)
 
 
 def test_prompts_longer_than_the_context_are_cut_and_counted(society):
@@ -236,9 +248,7 @@ def test_prompts_longer_than_the_context_are_cut_and_counted(society):
     texts = b.generate([(None, long), (None, ASK)], seed=0)
     assert len(texts) == 2 and b.stats.truncated == 1 and b.stats.requests == 2
     with pytest.raises(ConfigError, match="max_new_tokens"):
-        HFBackend(
-            society.model, society.tokenizer, OmegaConf.structured(GenerationConfig()), context_length=64
-        )
+        make(society.model, society.tokenizer, OmegaConf.structured(GenerationConfig()), context_length=64)
 
 
 def test_decode_attention_is_sdpa_for_one_new_position_with_grouped_heads():

@@ -26,7 +26,7 @@ from experiments.make_tiny_model import (
 )
 from mfsi.charlm import build_tokenizer
 from mfsi.config import GenerationConfig
-from mfsi.generation import HFBackend
+from mfsi.generation import MfsiBackend
 from mfsi.tasks import Arithmetic, Problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +42,9 @@ def shipped():
     return model, tokenizer
 
 
-def backend(model, tokenizer, **overrides) -> HFBackend:
+def backend(model, tokenizer, **overrides) -> MfsiBackend:
     cfg = GenerationConfig(**{**CONF["generation"], **overrides})
-    return HFBackend(model, tokenizer, cfg, context_length=CONF["model"]["context_length"])
+    return MfsiBackend(model, tokenizer, cfg, context_length=CONF["model"]["context_length"])
 
 
 def test_subtraction_is_written_in_easy_steps():

@@ -1,64 +1,30 @@
-"""Batched generation behind one interface: (adapter or None, conversation) -> text.
+"""generation.backend=mfsi (the default): our batched decoder on the in-process model.
 
-    backend = HFBackend(model, tokenizer, cfg.generation, context_length=1024)
-    texts = backend.generate([("gen0", messages), (None, other)], seed=0)
+    generator = MfsiBackend(model, tokenizer, cfg.generation, context_length=1024)
+    texts = generator.generate([("gen0", messages), (None, other)], seed=0)
 
-Requests are grouped by adapter (None = the bare base model), sorted by prompt length to
-limit padding, left-padded and generated with a KV cache. With mixed_adapters=True a
-batch spans adapters through PEFT's `adapter_names` instead. decoder="mfsi" (default) is
-our own loop: the KV cache is allocated once; the prompt is prefilled in chunks, a prompt
-that recurs in the batch with the same adapter only once, and a prompt that continues a
-conversation of the previous call (the next debate round) only from where it departs
-(`Prefixes`); finished rows leave the batch; with lookup_tokens > 0 a step also checks
-tokens drafted by prompt lookup (`PromptLookup`). decoder="hf" calls model.generate, for models
-our loop cannot drive (see `unsupported`). A prompt that does not fit the context with
-max_new_tokens is cut from the left and counted in `stats`.
+Batching, adapters and prompts as in `LocalBackend`. The KV cache is allocated once; the
+prompt is prefilled in chunks, a prompt that recurs in the batch with the same adapter only
+once, and a prompt that continues a conversation of the previous call (the next debate
+round) only from where it departs (`Prefixes`); finished rows leave the batch; with
+lookup_tokens > 0 a step also checks tokens drafted by prompt lookup (`PromptLookup`).
+Greedy, it writes what model.generate writes. It needs sdpa attention over the whole
+context (see `unsupported`); generation.backend=hf drives any model.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from mfsi.chat import Message, render
 from mfsi.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-Request = tuple[str | None, list[Message]]
-BASE = "__base__"  # PEFT's name for "no adapter" in mixed batches
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    new_tokens: int = 0
-    truncated: int = 0
-    prefilled: int = 0  # prompt tokens run through the model
-    reused: int = 0  # prompt tokens whose keys and values came from the previous call
-    drafted: int = 0  # tokens fed as prompt-lookup drafts
-    accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
-    by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def tokens(self) -> dict[str, int]:
-        """The token counts, named as run directories and the benchmark record them."""
-        return {
-            "new_tokens": self.new_tokens,
-            "prefilled_tokens": self.prefilled,
-            "reused_tokens": self.reused,
-            "drafted_tokens": self.drafted,
-            "accepted_tokens": self.accepted,
-        }
+from mfsi.generation.common import LocalBackend, Request, adapter_kwargs
 
 
 def unsupported(config, context_length: int) -> str | None:
@@ -100,113 +66,25 @@ def attention(model, implementation: str) -> Iterator[None]:
         config._attn_implementation = previous
 
 
-def adapter_kwargs(names: list[str] | None) -> dict:
-    """PEFT's per-row adapter argument for a mixed batch; nothing for a single adapter."""
-    return {"adapter_names": names} if names is not None else {}
-
-
-class HFBackend:
-    """Generation with a (PEFT-wrapped) Hugging Face causal LM."""
+class MfsiBackend(LocalBackend):
+    """Our decode loop over the in-process (PEFT) model; see the module doc."""
 
     def __init__(self, model, tokenizer, cfg, context_length: int):
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.context_length = context_length
-        if cfg.max_new_tokens >= context_length:
-            raise ConfigError(
-                f"generation.max_new_tokens={cfg.max_new_tokens} leaves no room for the prompt in "
-                f"model.context_length={context_length}: expected max_new_tokens < context_length"
-            )
-        if cfg.lookup_tokens < 0 or cfg.lookup_ngram < 1 or not 0 < cfg.lookup_min_keep <= 1:
-            raise ConfigError(
-                f"generation.lookup_tokens={cfg.lookup_tokens}, lookup_ngram={cfg.lookup_ngram}, "
-                f"lookup_min_keep={cfg.lookup_min_keep}: expected tokens >= 0, ngram >= 1, 0 < min_keep <= 1"
-            )
-        if cfg.lookup_tokens and cfg.decoder != "mfsi":
-            raise ConfigError(f"generation.lookup_tokens={cfg.lookup_tokens} needs generation.decoder=mfsi")
-        problem = cfg.decoder == "mfsi" and unsupported(model.config, context_length)
+        super().__init__(model, tokenizer, cfg, context_length)
+        problem = unsupported(model.config, context_length)
         if problem:
             raise ConfigError(
-                f"generation.decoder=mfsi cannot drive this model ({problem}): set generation.decoder=hf"
+                f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
             )
-        self.stats = Stats()
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = sorted(set(eos) | {tokenizer.eos_token_id} - {None})
-        self.prefixes = Prefixes(cfg.prefix_cache_mb if cfg.decoder == "mfsi" else 0, self.eos_ids)
+        self.prefixes = Prefixes(cfg.prefix_cache_mb, self.eos_ids)
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
-        """Texts in the order of requests; sampling is seeded per call."""
-        torch.manual_seed(seed)
-        prompts = [self._prompt(messages) for _, messages in requests]
-        groups: dict[str | None, list[int]] = defaultdict(list)
-        for i, (adapter, _) in enumerate(requests):
-            groups[None if self.cfg.mixed_adapters else adapter].append(i)
-        batches = []
-        for adapter, indices in groups.items():
-            indices.sort(key=lambda i: -len(prompts[i]))
-            size = self.cfg.batch_size
-            batches += [(adapter, indices[k : k + size]) for k in range(0, len(indices), size)]
-        texts: list[str] = [""] * len(requests)
-        for adapter, indices in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 2):
-            names = [requests[i][0] or BASE for i in indices] if self.cfg.mixed_adapters else None
-            batch = [(requests[i][0] or BASE, prompts[i]) for i in indices]
-            for i, text in zip(indices, self._batch(adapter, batch, names)):
-                texts[i] = text
-        self.prefixes.roll()
-        self.stats.requests += len(requests)
+        texts = super().generate(requests, seed, desc)
+        self.prefixes.roll()  # this call's conversations are what the next call can extend
         return texts
 
-    def _prompt(self, messages: list[Message]) -> list[int]:
-        ids = render(self.tokenizer, messages, train=False)["input_ids"]
-        room = self.context_length - self.cfg.max_new_tokens
-        if len(ids) > room:
-            self.stats.truncated += 1
-            log.warning("prompt of %d tokens cut to the last %d to fit the context", len(ids), room)
-            ids = ids[-room:]
-        return ids
-
-    @torch.inference_mode()
-    def _batch(
-        self, adapter: str | None, batch: list[tuple[str, list[int]]], names: list[str] | None
-    ) -> list[str]:
-        """New texts for (adapter name or BASE, prompt ids) rows: one adapter, or `names` per row."""
-        prompts = [ids for _, ids in batch]
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        real = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
-        )
-        if self.cfg.decoder == "hf":
-            decode = self._hf_generate
-        else:
-            decode = partial(self._decode, rows=batch)
-        if names is None and adapter is None and hasattr(self.model, "disable_adapter"):
-            with self.model.disable_adapter():
-                new = decode(input_ids, real, names)
-        else:
-            if names is None and adapter is not None:
-                self.model.set_adapter(adapter)
-            new = decode(input_ids, real, names)
-        self.stats.new_tokens += int((new != pad).sum())
-        self.stats.by_adapter[adapter or BASE] += len(prompts)
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
-
-    def _hf_generate(self, input_ids, real, names: list[str] | None) -> torch.Tensor:
-        """Hugging Face's model.generate (dynamic KV cache): works with any causal LM."""
-        kwargs = adapter_kwargs(names)
-        if self.cfg.temperature > 0:
-            kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=real,
-            max_new_tokens=self.cfg.max_new_tokens,
-            do_sample=self.cfg.temperature > 0,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            **kwargs,
-        )
-        return out[:, input_ids.shape[1] :]
+    def close(self) -> None:
+        self.prefixes.clear()
 
     def _decode(
         self, input_ids, real, names: list[str] | None, rows: list[tuple[str, list[int]]]
@@ -395,6 +273,10 @@ class Prefixes:
     def roll(self) -> None:
         """End of a call: its conversations become the ones the next call can extend."""
         self.previous, self.current, self.size = self.current, {}, 0
+
+    def clear(self) -> None:
+        self.roll()
+        self.roll()
 
 
 def unique_rows(input_ids: torch.Tensor, names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
