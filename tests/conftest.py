@@ -25,3 +25,19 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """family name -> folder of a tiny random-weight model of that real family (Llama-3,
+    Mistral, Phi-3, Qwen2, Gemma-2) with its published chat template; built once per session."""
+    from mfsi.random_models import build
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = build(name, tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
