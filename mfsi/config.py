@@ -33,8 +33,9 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     quantization: str = "none"  # none | nf4 | int8
     chat_template: str | None = None  # jinja file; None = the tokenizer's own
-    context_length: int = 2048  # prompt + new tokens must fit
+    context_length: int | None = None  # prompt + new tokens must fit; None = the model's own maximum
     trust_remote_code: bool = False
+    device: str = "auto"  # auto = the first GPU if there is one, else cpu; or cpu, cuda, cuda:1, ...
 
 
 @dataclass
@@ -86,6 +87,8 @@ class LoraConfig:
 
 @dataclass
 class TrainerConfig:
+    # auto: the model's own device (model.device), one device. Other values go to Lightning
+    # as given; more than one device (multi-GPU) must be asked for, and is untested.
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from mfsi.chat import Message, render
+from mfsi.chat import Message, end_ids, render
 
 Embed = Callable[[list[str]], torch.Tensor]  # texts -> unit-norm rows
 
@@ -107,11 +107,13 @@ def model_diversity(
     """
     items = [(r, k) for r in records for k in range(len(adapters))]
     values: dict[str, list[float]] = {"likelihood_diversity": [], "kl_divergence": [], "kl_from_base": []}
+    stop = end_ids(model, tokenizer)
     was_training = model.training
     model.eval()  # dropout off: the same adapter must give the same distribution twice
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        ids, attention, response = _batch(tokenizer, [round1_conversation(r, k) for r, k in batch])
+        conversations = [round1_conversation(r, k) for r, k in batch]
+        ids, attention, response = _batch(tokenizer, conversations, stop)
         logp = {a: _response_log_probs(model, a, ids, attention, response) for a in {*adapters, None}}
         targets = ids[response].to(model.device)[:, None]
         end = 0
@@ -135,9 +137,9 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> float:
     return float((logp.exp() * (logp - logq)).sum(-1).mean())
 
 
-def _batch(tokenizer, conversations: list[list[Message]]) -> tuple[torch.Tensor, ...]:
+def _batch(tokenizer, conversations: list[list[Message]], stop: list[int]) -> tuple[torch.Tensor, ...]:
     """Right-padded input ids, attention mask, and a mask of the assistant (response) tokens."""
-    rendered = [render(tokenizer, c, train=True) for c in conversations]
+    rendered = [render(tokenizer, c, train=True, stop=stop) for c in conversations]
     width = max(len(r["input_ids"]) for r in rendered)
 
     def pad(rows: list[list[int]], value: int) -> torch.Tensor:

@@ -30,17 +30,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mfsi import rundir
+from mfsi.chat import end_ids
 from mfsi.config import validate
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
 from mfsi.generation import make_backend
 from mfsi.metrics import debate_metrics, mean
-from mfsi.selection import rationalisation_requests, select, sizes
-from mfsi.society import Society, load_base, roles
+from mfsi.selection import rationalisation_requests, sample_examples, select, sizes
+from mfsi.society import Society, check_preset, load_model, load_tokenizer, roles
 from mfsi.tasks import Task, load_task
 from mfsi.tracking import Tracker, plot_iterations, plot_rounds
-from mfsi.training import train_adapter
+from mfsi.training import check_encodable, train_adapter
+from mfsi.versions import check_versions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 RESUMABLE = (
     "iterations",
     "logger.",
+    "model.device",
     "generation.batch_size",
     "generation.mixed_adapters",
     "generation.backend",
@@ -61,12 +64,22 @@ RESUMABLE = (
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured experiment in run_dir (resuming it) and return its summary."""
+    check_versions()
     validate(cfg)
     run_dir = Path(run_dir)
     check_resume(cfg, run_dir)
     task = load_task(cfg.task)
     eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
-    society = Society(*load_base(cfg.model))
+    tokenizer = load_tokenizer(cfg.model)
+    check_preset(cfg.model, tokenizer)  # before the weights load
+    society = Society(load_model(cfg.model, tokenizer), tokenizer)
+    # Training and the diversity metrics read assistant turns through the chat template:
+    # a template they cannot use fails now, not after hours of debate.
+    check_encodable(
+        society.tokenizer,
+        end_ids(society.model, society.tokenizer),
+        sample_examples(task, cfg.debate.summarize),
+    )
     # Only now, with every input checked, does the run directory get its first files.
     record_splits(task, eval_task, run_dir)
     rundir.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

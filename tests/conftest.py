@@ -15,6 +15,16 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is fastest, and much faster when the cores are busy
+    (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A randomly initialised char-level Llama (hidden 32, 2 layers) saved in HF format."""

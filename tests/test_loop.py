@@ -206,3 +206,16 @@ def test_prompt_lookup_drafts_are_counted_in_the_metrics(tmp_path):
     loop.run(make("method=debate", "generation.lookup_tokens=8"), tmp_path)
     row = rundir.read_jsonl(tmp_path / "metrics.jsonl")[0]
     assert 0 < row["accepted_tokens"] <= row["drafted_tokens"]
+
+
+def test_a_chat_template_training_cannot_read_stops_the_run_before_any_debate(tmp_path):
+    template = (ROOT / "models" / "tiny-arith" / "chat_template.jinja").read_text()
+    bad = tmp_path / "bad.jinja"  # the generation prompt ends in a newline no answer has
+    bad.write_text(
+        template.replace(
+            "{% if add_generation_prompt %}<|assistant|>", "{% if add_generation_prompt %}<|assistant|>\n"
+        )
+    )
+    with pytest.raises(ConfigError, match="model.chat_template"):
+        loop.run(make(f"model.chat_template={bad}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mfsi.chat import Message, render
+from mfsi.chat import Message, end_ids, render
 from mfsi.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ class LocalBackend(Backend):
                 f"model.context_length={context_length}: expected max_new_tokens < context_length"
             )
         self.stats = Stats()
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = sorted(set(eos) | {tokenizer.eos_token_id} - {None})
+        self.eos_ids = end_ids(model, tokenizer)
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         torch.manual_seed(seed)
