@@ -60,7 +60,9 @@ class GenerationConfig:
     max_new_tokens: int = 1024
     batch_size: int = 32
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
-    backend: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
+    # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model) | vllm: vLLM's
+    # multi-LoRA engine in this process | openai: any OpenAI-compatible endpoint (generation only)
+    backend: str = "mfsi"
     decoder: str | None = None  # renamed generation.backend: a value here is an error that says so
     prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
     # Keys and values of the last call's conversations, kept for the next debate round to
@@ -75,6 +77,29 @@ class GenerationConfig:
     # Draft the k-th token only while its estimated chance to be kept (the share of drafts
     # kept so far in the batch, to the k-th power) is at least this.
     lookup_min_keep: float = 0.5
+    # backend=vllm. The engine's memory: a KV cache of vllm_kv_cache_mb, or (null) what is left
+    # of vllm_memory_utilization of the GPU after the weights. Between stages (while adapters
+    # train) it sleeps (weights to CPU memory, cache freed; CUDA only, elsewhere it keeps its
+    # memory), shuts down (freed; the next stage restarts it) or keeps its memory.
+    vllm_kv_cache_mb: int | None = None
+    vllm_memory_utilization: float = 0.5
+    vllm_release: str = "sleep"  # sleep | shutdown | keep
+    # backend=openai: chat completions at base_url (null: OpenAI's), with the key in the
+    # environment variable api_key_env (null: the endpoint needs none). Requests with no
+    # adapter go to served_base (null: model.path). served_adapters null: every agent is the
+    # base model; a name with {adapter}: the endpoint serves each agent's gen{n}/critic{n}
+    # under it, and the debate uses them ("{adapter}": vllm serve --lora-modules gen0=...).
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    served_base: str | None = None
+    served_adapters: str | None = None
+    concurrency: int = 16  # requests in flight
+    timeout: float = 600.0  # seconds per request attempt
+    # Retries of a request after a connection error, timeout, 408/409/429 or 5xx, with the
+    # client's exponential backoff (0.5 s doubling to 8 s) or the server's Retry-After.
+    retries: int = 8
+    request_seeds: bool = True  # send each request its seed (false for servers that fail on them)
+    cache: bool = True  # keep finished responses in the run directory: a resumed debate asks once
 
 
 @dataclass
@@ -161,7 +186,8 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
     "finetune.init": ("previous", "base"),
-    "generation.backend": ("mfsi", "hf"),
+    "generation.backend": ("mfsi", "hf", "vllm", "openai"),
+    "generation.vllm_release": ("sleep", "shutdown", "keep"),
     "logger.name": ("wandb", "none"),
 }
 
@@ -195,6 +221,27 @@ def validate(cfg: DictConfig) -> None:
             "generation.lookup_tokens",
             not cfg.generation.lookup_tokens or cfg.generation.backend == "mfsi",
             "0 unless generation.backend=mfsi (the only backend that checks drafts)",
+        ),
+        ("generation.vllm_kv_cache_mb", (cfg.generation.vllm_kv_cache_mb or 1) >= 1, "> 0 or null"),
+        ("generation.vllm_memory_utilization", 0 < cfg.generation.vllm_memory_utilization <= 1, "in (0, 1]"),
+        (
+            "model.quantization",
+            cfg.generation.backend != "vllm" or cfg.model.quantization != "int8",
+            "none or nf4 with generation.backend=vllm (vLLM quantizes in flight to 4 bits only)",
+        ),
+        ("generation.concurrency", cfg.generation.concurrency >= 1, "an integer >= 1"),
+        ("generation.timeout", cfg.generation.timeout > 0, "a number of seconds > 0"),
+        ("generation.retries", cfg.generation.retries >= 0, "an integer >= 0"),
+        (
+            "generation.served_adapters",
+            "{adapter}" in (cfg.generation.served_adapters or "{adapter}"),
+            "null or a name with {adapter}",
+        ),
+        (
+            "method.name",
+            cfg.generation.backend != "openai" or cfg.method.selection == "none",
+            "base, majority or debate with generation.backend=openai: finetuning through an API is not "
+            "supported (the adapters train on local weights; use generation.backend=vllm or mfsi for it)",
         ),
     ]
     for key, ok, expected in checks:

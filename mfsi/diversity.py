@@ -97,6 +97,9 @@ def round1_conversation(record: dict, agent: int) -> list[Message]:
     return conversation[: first + 1]
 
 
+MODEL_BASED = ("likelihood_diversity", "kl_divergence", "kl_from_base")  # model_diversity's metrics
+
+
 def model_diversity(
     model, tokenizer, records: Sequence[dict], adapters: Sequence[str | None], batch_size: int = 8
 ) -> dict[str, float | None]:
@@ -106,7 +109,7 @@ def model_diversity(
     a PeftModel holding them, or the bare base model when every entry is None.
     """
     items = [(r, k) for r in records for k in range(len(adapters))]
-    values: dict[str, list[float]] = {"likelihood_diversity": [], "kl_divergence": [], "kl_from_base": []}
+    values: dict[str, list[float]] = {name: [] for name in MODEL_BASED}
     stop = end_ids(model, tokenizer)
     was_training = model.training
     model.eval()  # dropout off: the same adapter must give the same distribution twice

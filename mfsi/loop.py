@@ -33,9 +33,10 @@ from mfsi import rundir
 from mfsi.chat import end_ids
 from mfsi.config import validate
 from mfsi.debate import run_debate, seed_for
-from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
+from mfsi.diversity import MODEL_BASED, embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
 from mfsi.generation import make_backend
+from mfsi.generation.openai import api_key
 from mfsi.metrics import debate_metrics, mean
 from mfsi.selection import rationalisation_requests, sample_examples, select, sizes
 from mfsi.society import Society, check_preset, load_model, load_tokenizer, roles
@@ -58,6 +59,13 @@ RESUMABLE = (
     "generation.prefill_chunk",
     "generation.prefix_cache_mb",
     "generation.lookup_",
+    "generation.vllm_",
+    "generation.base_url",
+    "generation.api_key_env",
+    "generation.concurrency",
+    "generation.timeout",
+    "generation.retries",
+    "generation.cache",
     "finetune.trainer.",
 )
 
@@ -70,16 +78,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     check_resume(cfg, run_dir)
     task = load_task(cfg.task)
     eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
-    tokenizer = load_tokenizer(cfg.model)
-    check_preset(cfg.model, tokenizer)  # before the weights load
-    society = Society(load_model(cfg.model, tokenizer), tokenizer)
-    # Training and the diversity metrics read assistant turns through the chat template:
-    # a template they cannot use fails now, not after hours of debate.
-    check_encodable(
-        society.tokenizer,
-        end_ids(society.model, society.tokenizer),
-        sample_examples(task, cfg.debate.summarize),
-    )
+    society = load_society(cfg, task)
     # Only now, with every input checked, does the run directory get its first files.
     record_splits(task, eval_task, run_dir)
     rundir.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -98,6 +97,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return summary
     finally:
         tracker.finish()
+
+
+def load_society(cfg: DictConfig, task: Task) -> Society:
+    """The base model and its tokenizer, checked against the preset and the chat template; a
+    society without local weights when an API generates (generation.backend=openai)."""
+    if cfg.generation.backend == "openai":
+        api_key(cfg.generation)  # a missing key stops the run before it writes anything
+        agents = max(cfg.agents, cfg.evaluation.agents or 0)
+        served = [f"{role}{n}" for n in range(agents) for role in ("gen", "critic")]
+        return Society(None, None, served if cfg.generation.served_adapters else ())
+    tokenizer = load_tokenizer(cfg.model)
+    check_preset(cfg.model, tokenizer)  # before the weights load
+    society = Society(load_model(cfg.model, tokenizer), tokenizer)
+    # Training and the diversity metrics read assistant turns through the chat template:
+    # a template they cannot use fails now, not after hours of debate.
+    check_encodable(
+        society.tokenizer,
+        end_ids(society.model, society.tokenizer),
+        sample_examples(task, cfg.debate.summarize),
+    )
+    return society
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> None:
@@ -165,7 +185,7 @@ def rationalise_stage(
     if not path.exists():
         requests = rationalisation_requests(records, task)
         players = roles(cfg.agents, cfg.method.shared, society.adapters)
-        with make_backend(cfg, society) as generator:
+        with make_backend(cfg, society, run_dir) as generator:
             texts = generator.generate(
                 [(players[agent][0], messages) for _, agent, messages in requests],
                 seed=seed_for(cfg.seed, iteration, "rationalise"),
@@ -261,7 +281,7 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
         return rundir.read_jsonl(path), rundir.read_json(stats_path)
     agents, rounds = shape(cfg, split)
     start = time.time()
-    with make_backend(cfg, society) as generator:
+    with make_backend(cfg, society, run_dir) as generator:
         records = run_debate(
             task,
             task.split(split),
@@ -324,19 +344,23 @@ def evaluate(
 
 def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: int) -> dict:
     """The diversity metrics of mfsi.diversity for this evaluation's debate; "per_question"
-    holds each question's embedding dissimilarity."""
+    holds each question's embedding dissimilarity. The model-based ones are None without
+    local weights (generation through an API)."""
     generators = [g for g, _ in roles(agents, cfg.method.shared, society.adapters)]
     dissimilarity = embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder))
-    return {
-        "embedding_dissimilarity": None if dissimilarity is None else mean(dissimilarity),
-        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
-        **model_diversity(
+    model_based = dict.fromkeys(MODEL_BASED)
+    if society.model is not None:
+        model_based = model_diversity(
             society.model,
             society.tokenizer,
             records[: cfg.evaluation.diversity_questions],
             generators,
             batch_size=cfg.generation.batch_size,
-        ),
+        )
+    return {
+        "embedding_dissimilarity": None if dissimilarity is None else mean(dissimilarity),
+        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
+        **model_based,
     }
 
 

@@ -5,9 +5,12 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
 from mfsi.charlm import build_tokenizer, llama_config
+from mfsi.config import LoraConfig, ModelConfig
+from mfsi.society import Society, load_base
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -51,3 +54,16 @@ def family_model_dir(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def served_society(tmp_path_factory):
+    """The shipped tiny model with two random LoRA adapters (gen0, gen1 at finetune.lora's
+    rank), saved as the loop saves them: what the engine tests serve."""
+    society = Society(*load_base(OmegaConf.structured(ModelConfig())))
+    folder = tmp_path_factory.mktemp("adapters")
+    for n, name in enumerate(("gen0", "gen1")):
+        torch.manual_seed(n)
+        society.add(name, OmegaConf.structured(LoraConfig(dropout=0.0)), init=False)
+        society.save(name, folder / name)
+    return society
