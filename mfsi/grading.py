@@ -85,13 +85,52 @@ _VAR_PREFIX = re.compile(r"^[A-Za-z]\s*(?:=|\\in(?![A-Za-z]))\s*")  # "x = 5", "
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # a whole answer like 1,000
 
 
+_ARGUMENTS = {"\\frac": 2, "\\dfrac": 2, "\\tfrac": 2, "\\cfrac": 2, "\\sqrt": 1}
+
+
+def _brace_arguments(tokens: list[str]) -> list[str]:
+    """One-token arguments of \\frac and \\sqrt get braces: \\frac12 -> \\frac{1}{2},
+    \\frac\\pi4 -> \\frac{\\pi}{4}, \\sqrt2 -> \\sqrt{2} (math-verify reads \\frac \\pi4 + 2 as 2)."""
+    out: list[str] = []
+    owing: list[list] = []  # per \\frac or \\sqrt still owed arguments: [count, brace depth, is sqrt]
+    depth, in_index = 0, False  # in_index: inside the [n] of \\sqrt[n]{x}
+
+    def received() -> None:
+        owing[-1][0] -= 1
+        if owing[-1][0] == 0:
+            owing.pop()
+
+    for token in tokens:
+        owed = bool(owing) and owing[-1][1] == depth and not in_index
+        if owed and token.isspace():
+            continue
+        if owed and token == "[" and owing[-1][2]:
+            in_index = True
+        elif owed and token not in ("{", "}"):
+            token = "{" + token + "}"
+            received()
+        out.append(token)
+        in_index = in_index and token != "]"
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            while owing and owing[-1][1] > depth:  # a malformed \\frac inside the group
+                owing.pop()
+            if owing and owing[-1][1] == depth:  # an argument group closed
+                received()
+        if token in _ARGUMENTS:
+            owing.append([_ARGUMENTS[token], depth, token == "\\sqrt"])
+    return out
+
+
 @lru_cache(maxsize=65536)
 def normalize(answer: str) -> str:
     """Strip presentation from an answer string, keeping its mathematical content."""
     s = _LIST_WORD.sub(", ", _LATEX_THOUSANDS.sub("", answer))
     out: list[str] = []
     after_sized = False
-    for token in _TOKEN.findall(s):
+    for token in _brace_arguments(_TOKEN.findall(s)):
         if after_sized and token == ".":  # \left. and \right. draw nothing
             continue
         after_sized = token in _SIZED
@@ -120,7 +159,6 @@ def _compact(s: str) -> str:
 # --- numbers --------------------------------------------------------------------------
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 _FRAC = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
-_FRAC_SHORT = re.compile(r"(-?)\\frac(\d)(\d)")  # \frac12
 _SLASH = re.compile(r"(-?\d+)/(-?\d+)")
 
 
@@ -131,7 +169,7 @@ def _exact(s: str) -> Fraction | None:
     try:
         if _DECIMAL.fullmatch(s):
             return Fraction(s)
-        for pattern in (_FRAC, _FRAC_SHORT, _SLASH):
+        for pattern in (_FRAC, _SLASH):
             m = pattern.fullmatch(s)
             if m:
                 sign, num, den = m.groups() if pattern is not _SLASH else ("", *m.groups())

@@ -127,6 +127,8 @@ EQUIVALENCE = [
     # signs, mixed numbers, text answers
     (r"-\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}{2}", False),
     (r"6\frac{3}{4}", r"\frac{27}{4}", True),
+    (r"\frac \pi4 + 2 - \sqrt2", r"\frac{\pi}{4}+2-\sqrt{2}", True),  # one-token arguments
+    (r"\frac \pi4 + 2 - \sqrt2", "2", False),
     (r"\text{(C)}", "C", True),
     (r"\text{(C)}", r"\text{(D)}", False),
     (r"\text{A,D}", r"\text{D, A}", True),
@@ -168,9 +170,10 @@ def test_math_equivalence_is_symmetric(a, b, expected):
     assert math_task.equivalent(b, a) is math_task.equivalent(a, b)
 
 
-def test_math_normalisation_keeps_row_breaks_and_is_idempotent():
+def test_math_normalisation_keeps_row_breaks_braces_arguments_and_is_idempotent():
     column = r"\begin{pmatrix} -7 \\ 16 \end{pmatrix}"
     assert grading.normalize(column) == r"\begin{pmatrix} -7 \\ 16 \end{pmatrix}"
+    assert grading.normalize(r"\frac \pi4 + \sqrt[3]2") == r"\frac{\pi}{4} + \sqrt[3]{2}"
     for answer, _, _ in EQUIVALENCE:
         if answer is not None:
             assert grading.normalize(grading.normalize(answer)) == grading.normalize(answer)
@@ -246,18 +249,18 @@ GARBAGE = [
 def test_garbage_never_raises(garbage):
     assert math_task.extract_answer(garbage) in (None, grading.normalize(garbage))
     for other in ("1", garbage, garbage + "1", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"):
-        start = time.process_time()
+        start = time.thread_time()
         assert math_task.equivalent(garbage, other) in (True, False)
-        assert time.process_time() - start < grading.COMPARISON_TIMEOUT_S + 0.5
+        assert time.thread_time() - start < grading.COMPARISON_TIMEOUT_S + 0.5
     assert numeric_task.extract_answer(garbage) is None
 
 
 def test_a_slow_comparison_stops_at_the_deadline(monkeypatch):
     # Comparing with a huge power makes sympy work out 2^(2^100): the deadline ends it.
     monkeypatch.setattr(grading, "COMPARISON_TIMEOUT_S", 0.5)
-    start = time.process_time()
+    start = time.thread_time()
     assert math_task.equivalent("2^{2^{100}}", "5") is False
-    assert time.process_time() - start < 1.0
+    assert time.thread_time() - start < 1.0
 
 
 def test_math_equivalence_works_outside_the_main_thread():
