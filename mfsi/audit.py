@@ -115,6 +115,10 @@ def _listed(items: list, limit: int = 10) -> str:
     return shown + (f"\n    ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f} us" if seconds < 1e-3 else f"{seconds * 1e3:.1f} ms"
+
+
 def report(result: Audit, slowest: int = 5) -> str:
     """The audit as text: counts, then what failed, then timings."""
     n = len(result.golds)
@@ -142,11 +146,11 @@ def report(result: Audit, slowest: int = 5) -> str:
     if result.timings:
         seconds = sorted(t for t, _, _ in result.timings)
         lines.append(
-            f"comparisons timed: {len(seconds)}; median {statistics.median(seconds) * 1e6:.0f} us, "
-            f"99th percentile {seconds[int(0.99 * (len(seconds) - 1))] * 1e3:.1f} ms, "
-            f"max {seconds[-1] * 1e3:.1f} ms of CPU time (timeout {grading.COMPARISON_TIMEOUT_S} s)"
+            f"comparisons timed: {len(seconds)}; median {_duration(statistics.median(seconds))}, "
+            f"99th percentile {_duration(seconds[int(0.99 * (len(seconds) - 1))])}, "
+            f"max {_duration(seconds[-1])} of CPU time (timeout {grading.COMPARISON_TIMEOUT_S} s)"
             + _listed(
-                [f"{t * 1e3:.1f} ms: {a!r} vs {b!r}" for t, a, b in sorted(result.timings)[::-1]], slowest
+                [f"{_duration(t)}: {a!r} vs {b!r}" for t, a, b in sorted(result.timings)[::-1]], slowest
             )
         )
     return "\n".join(lines)
