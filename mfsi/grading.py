@@ -3,8 +3,8 @@
 `extract_boxed` finds the last \\boxed{...}/\\fbox{...} (nested braces, `\\boxed 5`).
 `normalize` reads an answer as LaTeX tokens and drops presentation only: math delimiters,
 spacing commands, \\left/\\right, dollars, thousands separators, percent and degree signs,
-trailing units in \\text, a leading `x =` or `x \\in`; \\dfrac becomes \\frac. Row breaks
-(`\\\\`), braces and every other command are kept as written.
+trailing units in \\text, a leading `x =` or `x \\in`; \\dfrac becomes \\frac, and one-token
+arguments get braces (\\frac12). Row breaks (`\\\\`) and every other command stay as written.
 
 `to_number` reads an answer as an exact Fraction (arithmetic and GSM8K compare those).
 `math_equal` reads both answers' structure: matrices and vectors (compared cell by cell),
@@ -251,7 +251,8 @@ def _split(tokens: list[str], separator: str) -> list[list[str]]:
 
 
 def _balanced(tokens: list[str]) -> bool:
-    return all(d >= 0 for d in _depths(tokens)) and (not tokens or list(_depths(tokens))[-1] == 0)
+    depths = list(_depths(tokens))
+    return not depths or (min(depths) >= 0 and depths[-1] == 0)
 
 
 def _wrapped(tokens: list[str]) -> bool:
@@ -304,9 +305,9 @@ class _Timeout(BaseException):
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Interrupt the block after `seconds` of CPU time (main thread only: signals need it).
-    CPU time, not wall time, so that a busy machine never changes a verdict."""
-    if threading.current_thread() is not threading.main_thread():
+    """Interrupt the block after `seconds` of CPU time (main thread only: signals need it;
+    and POSIX). CPU time, not wall time, so that a busy machine never changes a verdict."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGPROF"):
         yield
         return
 
