@@ -21,6 +21,9 @@ class TaskConfig:
     n_train: int = 500  # questions to finetune on (paper: 500)
     n_eval: int = 500  # different, held-out questions to evaluate on (paper: 500)
     path: str | None = None  # local data (file or directory); None = HF hub
+    # eval questions from this file or folder instead (e.g. MATH500); train from all of
+    # `path` (or the hub), minus any question that is also in eval
+    eval_path: str | None = None
     hf_id: str | None = None  # dataset id used when path is None and the hub is reachable
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # MATH difficulty filter
     seed: int = "${seed}"  # type: ignore[assignment]  # splits are a function of the seed
