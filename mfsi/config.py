@@ -54,6 +54,9 @@ class MethodConfig:
 class DebateConfig:
     rounds: int = 2
     summarize: bool = True  # summarise the other agents (base model) or concatenate them
+    # critical: weigh the others' answers as advice (Du et al.) | cooperative: build on them
+    style: str = "critical"
+    agent_ids: bool = False  # tell each agent its id in its first prompt (unique-ID ablation)
 
 
 @dataclass
@@ -163,6 +166,7 @@ CHOICES = {
     "model.quantization": ("none", "nf4", "int8"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
+    "debate.style": ("critical", "cooperative"),
     "finetune.init": ("previous", "base"),
     "generation.backend": ("mfsi", "hf"),
     "logger.name": ("wandb", "none"),

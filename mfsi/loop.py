@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mfsi import rundir
 from mfsi.chat import end_ids
-from mfsi.config import validate
+from mfsi.config import Config, validate
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
@@ -107,6 +107,9 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
         return
     old = _flat(OmegaConf.to_container(OmegaConf.load(path)))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    # A key added to the schema after the run was made ran with the behaviour of its default.
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    old = {k: old.get(k, defaults.get(k)) for k in old.keys() | new.keys()}
     changed = [
         k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)
     ]
@@ -270,6 +273,8 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
             rounds=rounds,
             summarize=cfg.debate.summarize,
             seed=seed_for(cfg.seed, iteration, split),
+            style=cfg.debate.style,
+            agent_ids=cfg.debate.agent_ids,
         )
     stats = {
         "truncated": generator.stats.truncated,

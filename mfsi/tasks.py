@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 BOXED = "Put your final answer in the form \\boxed{answer} at the end of your response."
+AGENT_ID = "You are agent {id}."  # the unique-ID ablation (debate.agent_ids)
+# What a round m>1 message asks of an agent, by debate.style ({them}: the others' solutions,
+# or their summary). critical: Du et al.'s debate, the others' answers are advice to weigh
+# against one's own; cooperative: the paper's cooperative variant, build on them together.
+DEBATE_ASKS = {
+    "critical": "Using {them} as additional advice, give an updated answer.",
+    "cooperative": "You are working together with these agents: build on their reasoning rather "
+    "than critiquing it, and give an updated answer.",
+}
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,14 @@ class Task:
         return list(self._splits[name])
 
     # --- prompts --------------------------------------------------------------------
-    def prompt(self, problem: Problem) -> list[Message]:
-        """Round 1: the question, asking for a boxed final answer."""
-        text = self.instruction.format(question=problem.question)
-        return [{"role": "user", "content": f"{text} {BOXED}"}]
+    def prompt(self, problem: Problem, agent: int | None = None) -> list[Message]:
+        """Round 1: the question, asking for a boxed final answer. With `agent` (0-based) the
+        message first tells that agent its id (the unique-ID ablation); in the user message,
+        since some chat templates (Mistral, Gemma) have no system role."""
+        text = f"{self.instruction.format(question=problem.question)} {BOXED}"
+        if agent is not None:
+            text = f"{text} {AGENT_ID.format(id=agent + 1)}"
+        return [{"role": "user", "content": text}]
 
     def hint_prompt(self, problem: Problem) -> list[Message]:
         """STaR rationalisation: the round-1 prompt plus the true answer as a hint."""
@@ -66,13 +79,13 @@ class Task:
         return [{"role": "user", "content": f"{text} (Hint: the answer is {problem.answer}.)"}]
 
     @staticmethod
-    def debate_prompt(others: list[str]) -> Message:
+    def debate_prompt(others: list[str], style: str = "critical") -> Message:
         """Round m>1 without summarisation: the other agents' round m-1 answers verbatim."""
         shown = "".join(f"\n\nOne agent solution: {text}" for text in others)
         return {
             "role": "user",
             "content": f"These are solutions from other agents:{shown}\n\n"
-            f"Using them as additional advice, give an updated answer. {BOXED}",
+            f"{DEBATE_ASKS[style].format(them='them')} {BOXED}",
         }
 
     @staticmethod
@@ -89,12 +102,12 @@ class Task:
         ]
 
     @staticmethod
-    def summary_prompt(summary: str) -> Message:
+    def summary_prompt(summary: str, style: str = "critical") -> Message:
         """Round m>1 with summarisation: the summary of the other agents' answers."""
         return {
             "role": "user",
             "content": f"Here is a summary of solutions from other agents:\n\n{summary}\n\n"
-            f"Using it as additional advice, give an updated answer. {BOXED}",
+            f"{DEBATE_ASKS[style].format(them='it')} {BOXED}",
         }
 
     # --- grading --------------------------------------------------------------------

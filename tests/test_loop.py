@@ -161,6 +161,29 @@ def test_resume_with_a_changed_config_names_the_difference(reference):
         loop.run(make("finetune.critic_weight=0.7"), run_dir)
 
 
+def test_a_run_made_before_a_config_key_existed_resumes_when_it_holds_its_default(reference, tmp_path):
+    run_dir, _ = reference
+    config = (run_dir / "config.yaml").read_text()
+    assert "  agent_ids: false\n" in config
+    (tmp_path / "config.yaml").write_text(config.replace("  agent_ids: false\n", ""))  # an older run
+    loop.check_resume(make(), tmp_path)  # the default is what that run did
+    with pytest.raises(ConfigError, match=r"debate.agent_ids: False -> True"):
+        loop.check_resume(make("debate.agent_ids=true"), tmp_path)
+
+
+def test_unique_ids_and_cooperative_prompts_are_debated_and_trained_on(tmp_path):
+    loop.run(make("+ablation=unique_id", "debate.style=cooperative"), tmp_path)
+    assert set(rundir.read_json(tmp_path / "iter_1/data/sizes.json")) == {"gen0", "critic0"}
+    for split in ("train", "eval"):
+        for record in rundir.read_jsonl(tmp_path / f"iter_0/debate_{split}.jsonl"):
+            for n, conversation in enumerate(record["conversations"]):
+                assert conversation[0]["content"].endswith(f"You are agent {n + 1}.")
+                assert "build on their reasoning" in conversation[2]["content"]
+    data = rundir.read_jsonl(tmp_path / "iter_1/data/gen0.jsonl")  # all agents' data, with their ids
+    assert {e["messages"][0]["content"][-2] for e in data} > {"1"}
+    assert rundir.read_jsonl(tmp_path / "metrics.jsonl")[-1]["variant"] == "unique_id"
+
+
 @pytest.mark.parametrize(
     "method,adapters",
     [("single_agent_ft", {"gen0", "critic0"}), ("majority_ft", {"gen0"}), ("star", {"gen0"})],

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from mfsi.config import register
 from mfsi.errors import DataError
 from mfsi.grading import extract_boxed, normalize
-from mfsi.tasks import load_task
+from mfsi.tasks import Arithmetic, Problem, Task, load_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -201,6 +201,31 @@ def test_prompts_ask_for_boxed_answers_and_show_other_agents():
     assert "x is 3" in request and problem.question in request
     assert "the summary" in task.summary_prompt("the summary")["content"]
     assert problem.answer in task.hint_prompt(problem)[0]["content"]
+
+
+def test_default_prompts_are_unchanged_and_variants_change_only_their_part():
+    # Byte for byte: the committed results and the embedded model were made with these.
+    problem = Problem("q", "1+2*3+4-5*6", "-19")
+    boxed = r"Put your final answer in the form \boxed{answer} at the end of your response."
+    plain = f"What is the result of 1+2*3+4-5*6? {boxed}"
+    assert Arithmetic({}).prompt(problem) == [{"role": "user", "content": plain}]
+    ask = "Using {} as additional advice, give an updated answer. "
+    shown = "These are solutions from other agents:\n\nOne agent solution: A\n\nOne agent solution: B\n\n"
+    assert Task.debate_prompt(["A", "B"]) == {"role": "user", "content": shown + ask.format("them") + boxed}
+    summary = "Here is a summary of solutions from other agents:\n\nS\n\n"
+    assert Task.summary_prompt("S") == {"role": "user", "content": summary + ask.format("it") + boxed}
+
+    # unique ID: the agent's 1-based id after the default prompt, in the user message
+    assert Arithmetic({}).prompt(problem, agent=1) == [
+        {"role": "user", "content": f"{plain} You are agent 2."}
+    ]
+    # cooperative: the same message, asking to build on the others instead
+    cooperative = (
+        "You are working together with these agents: build on their reasoning rather than "
+        f"critiquing it, and give an updated answer. {boxed}"
+    )
+    assert Task.debate_prompt(["A", "B"], "cooperative")["content"] == shown + cooperative
+    assert Task.summary_prompt("S", "cooperative")["content"] == summary + cooperative
 
 
 # --- bad input: a clear message, nothing loaded ---------------------------------------
