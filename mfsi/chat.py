@@ -30,3 +30,13 @@ def render(
     if train:
         rendered["assistant_masks"] = list(out["assistant_masks"])
     return rendered
+
+
+def cut_prompt(rendered: dict[str, list[int]], room: int) -> dict[str, list[int]]:
+    """rendered with its prompt cut from the left to its last `room` tokens, as generation
+    cuts a prompt longer than the context leaves it. The prompt is what precedes the first
+    assistant token (all of a rendering without `assistant_masks`); every field is cut alike."""
+    masks = rendered.get("assistant_masks")
+    prompt = masks.index(1) if masks and 1 in masks else len(rendered["input_ids"])
+    cut = max(0, prompt - room)
+    return {key: values[cut:] for key, values in rendered.items()}
