@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mfsi.chat import render
-from mfsi.errors import DataError
+from mfsi.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,27 @@ def resolve_precision(trainer_cfg: Any) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def placement(trainer_cfg: Any) -> dict[str, Any]:
+    """Lightning's accelerator, devices, strategy and precision from cfg.finetune.trainer."""
+    return {
+        "accelerator": trainer_cfg.accelerator,
+        "devices": trainer_cfg.devices,
+        "strategy": trainer_cfg.strategy,
+        "precision": resolve_precision(trainer_cfg),
+    }
+
+
+def check_trainer(trainer_cfg: Any) -> None:
+    """ConfigError unless Lightning accepts cfg.finetune.trainer (a Trainer is built, not run)."""
+    try:
+        pl.Trainer(
+            **placement(trainer_cfg), logger=False, enable_progress_bar=False, enable_model_summary=False
+        )
+    except Exception as e:  # Lightning raises ValueError, MisconfigurationException, RuntimeError
+        settings = ", ".join(f"{k}={v!r}" for k, v in trainer_cfg.items())
+        raise ConfigError(f"finetune.trainer ({settings}): {e}") from None
+
+
 def train_adapter(
     model,
     tokenizer,
@@ -198,10 +219,7 @@ def train_adapter(
         only_adapter_trainable(model, adapter, cfg.gradient_checkpointing),
     ):
         trainer = pl.Trainer(
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
-            strategy=cfg.trainer.strategy,
-            precision=resolve_precision(cfg.trainer),
+            **placement(cfg.trainer),
             max_epochs=cfg.epochs,
             accumulate_grad_batches=cfg.accumulate,
             gradient_clip_val=cfg.max_grad_norm or None,
