@@ -125,6 +125,9 @@ class LoggerConfig:
     entity: str | None = None
     group: str = "${name}"
     mode: str | None = None  # online | offline | disabled; None = offline without an API key
+    # Seconds W&B may take to start online before the run logs offline instead (W&B's own
+    # default, 90, keeps a run with an unreachable server waiting ~110 s)
+    init_timeout: float = 15
 
 
 @dataclass
@@ -154,6 +157,7 @@ class Config:
     seed: int = 0
     variant: str = "${method.name}"  # the row label in reports (ablations rename it)
     name: str = "${task.name}-${variant}"  # W&B group and run-name prefix
+    verbose: bool = False  # true (or `run.py -v`): library tips, deprecation and loading output too
 
 
 def register() -> None:
@@ -170,11 +174,57 @@ CHOICES = {
     "finetune.init": ("previous", "base"),
     "generation.backend": ("mfsi", "hf"),
     "logger.name": ("wandb", "none"),
+    "logger.mode": (None, "online", "offline", "disabled"),
+}
+
+AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+AT_LEAST_0 = (lambda v: v >= 0, "a number >= 0")
+POSITIVE = (lambda v: v > 0, "a number > 0")
+SHARE = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+RANGES = {  # key: (test, what is expected)
+    "agents": AT_LEAST_1,
+    "debate.rounds": AT_LEAST_1,
+    "iterations": (lambda v: v >= 0, "an integer >= 0"),
+    "model.context_length": (lambda v: v is None or v >= 2, "an integer >= 2 or null (the model's maximum)"),
+    "generation.temperature": AT_LEAST_0,
+    "generation.top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "generation.max_new_tokens": AT_LEAST_1,
+    "generation.batch_size": AT_LEAST_1,
+    "generation.prefill_chunk": AT_LEAST_1,
+    "generation.prefix_cache_mb": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "generation.lookup_tokens": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "generation.lookup_ngram": AT_LEAST_1,
+    "generation.lookup_min_keep": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "finetune.critic_weight": SHARE,
+    "finetune.lr": POSITIVE,
+    "finetune.epochs": AT_LEAST_1,
+    "finetune.batch_size": AT_LEAST_1,
+    "finetune.accumulate": AT_LEAST_1,
+    "finetune.warmup_ratio": SHARE,
+    "finetune.weight_decay": AT_LEAST_0,
+    "finetune.max_grad_norm": (lambda v: v >= 0, "a number >= 0 (0 = no clipping)"),
+    "finetune.max_length": AT_LEAST_1,
+    "finetune.lora.r": AT_LEAST_1,
+    "finetune.lora.alpha": POSITIVE,
+    "finetune.lora.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "evaluation.agents": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "evaluation.rounds": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "evaluation.diversity_questions": (lambda v: v >= 0, "an integer >= 0"),
+    "logger.init_timeout": POSITIVE,
+}
+TASK_RANGES = {  # checked for task and, when set, eval_task
+    "n_train": (lambda v: v >= 0, "an integer >= 0"),
+    "n_eval": AT_LEAST_1,
+    "levels": (lambda v: len(v) > 0 and all(1 <= level <= 5 for level in v), "a non-empty list of 1..5"),
 }
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject values a type cannot rule out, naming the key and what is expected."""
+    """Reject values a type cannot rule out, naming the key, the value and what is expected.
+
+    Only the config is read (no model, no data), so this runs in well under a second; the
+    checks that need the model's own config are mfsi.loop.preflight.
+    """
     if cfg.generation.decoder is not None:
         raise ConfigError(
             f"generation.decoder={cfg.generation.decoder!r}: the key is now generation.backend "
@@ -183,27 +233,21 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    checks = [
-        ("agents", cfg.agents >= 1, "an integer >= 1"),
-        ("debate.rounds", cfg.debate.rounds >= 1, "an integer >= 1"),
-        ("iterations", cfg.iterations >= 0, "an integer >= 0"),
-        ("task.n_train", cfg.task.n_train >= 0, "an integer >= 0"),
-        ("task.n_eval", cfg.task.n_eval >= 1, "an integer >= 1"),
-        ("finetune.critic_weight", 0 <= cfg.finetune.critic_weight <= 1, "a number in [0, 1]"),
-        ("generation.temperature", cfg.generation.temperature >= 0, "a number >= 0"),
-        ("generation.top_p", 0 < cfg.generation.top_p <= 1, "a number in (0, 1]"),
-        ("evaluation.agents", (cfg.evaluation.agents or 1) >= 1, "an integer >= 1 or null"),
-        ("evaluation.rounds", (cfg.evaluation.rounds or 1) >= 1, "an integer >= 1 or null"),
-        ("generation.lookup_tokens", cfg.generation.lookup_tokens >= 0, "an integer >= 0"),
-        ("generation.lookup_ngram", cfg.generation.lookup_ngram >= 1, "an integer >= 1"),
-        ("generation.lookup_min_keep", 0 < cfg.generation.lookup_min_keep <= 1, "a number in (0, 1]"),
-        (
-            "generation.lookup_tokens",
-            not cfg.generation.lookup_tokens or cfg.generation.backend == "mfsi",
-            "0 unless generation.backend=mfsi (the only backend that checks drafts)",
-        ),
-    ]
-    for key, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {expected}")
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+    ranges = dict(RANGES)
+    for task in ("task", "eval_task") if cfg.get("eval_task") else ("task",):
+        ranges.update({f"{task}.{key}": check for key, check in TASK_RANGES.items()})
+    for key, (ok, expected) in ranges.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={_show(value)}: expected {expected}")
+    generation = cfg.generation  # the token budget against the context: loop.preflight
+    if generation.lookup_tokens and generation.backend != "mfsi":
+        raise ConfigError(
+            f"generation.lookup_tokens={generation.lookup_tokens} with generation.backend="
+            f"{generation.backend}: expected lookup_tokens=0 (only the mfsi backend checks drafts)"
+        )
+
+
+def _show(value) -> str:
+    return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)

@@ -53,6 +53,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mfsi import rundir  # noqa: E402
+from mfsi.errors import DataError  # noqa: E402
 from mfsi.stats import Difference, Pair, mcnemar, mean_sem, paired_bootstrap  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -108,23 +109,46 @@ class Run:
 
 def load_runs(paths: list[Path], iteration: int | None = None) -> list[Run]:
     """Every run with at least one eval row under paths (a run directory or any parent),
-    read up to `iteration` when given."""
+    read up to `iteration` when given. A run whose files cannot be read is skipped, and a
+    path that holds no run is named, with a warning each."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        runs_here = set(path.rglob("metrics.jsonl"))
+        if not runs_here:
+            log.warning(
+                "%s: %s", path, "no runs (no metrics.jsonl)" if path.exists() else "no such file or folder"
+            )
+        found |= runs_here
     runs = []
-    for metrics in sorted({m for p in paths for m in Path(p).rglob("metrics.jsonl")}):
-        by_iteration = {r["iteration"]: r for r in rundir.read_jsonl(metrics) if r.get("split") == "eval"}
-        rows = [by_iteration[i] for i in sorted(by_iteration) if iteration is None or i <= iteration]
-        if not rows:
+    for metrics in sorted(found):
+        try:
+            run = read_run(metrics, iteration)
+        except (DataError, OSError, KeyError, TypeError, AttributeError) as e:  # damaged or foreign files
+            log.warning("%s: cannot be read (%s): run skipped", metrics.parent, e)
             continue
-        config = metrics.parent / "config.yaml"
-        settings = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
-        planned = settings.get("iterations")
-        if settings.get("method", {}).get("selection") == "none":  # the loop stops after iteration 0
-            planned = 0
-        if iteration is not None and planned is not None:
-            planned = min(planned, iteration)
-        finished = planned is None or rows[-1]["iteration"] >= planned
-        runs.append(Run(metrics.parent, rows, finished, settings.get("seed")))
+        if run:
+            runs.append(run)
     return runs
+
+
+def read_run(metrics: Path, iteration: int | None) -> Run | None:
+    """The run whose metrics.jsonl this is, read up to `iteration`; None without eval rows."""
+    by_iteration = {r["iteration"]: r for r in rundir.read_jsonl(metrics) if r.get("split") == "eval"}
+    rows = [by_iteration[i] for i in sorted(by_iteration) if iteration is None or i <= iteration]
+    if not rows:
+        return None
+    config = metrics.parent / "config.yaml"
+    try:
+        settings = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
+    except yaml.YAMLError:
+        raise DataError(f"{config}: damaged, not valid YAML") from None
+    planned = settings.get("iterations")
+    if settings.get("method", {}).get("selection") == "none":  # the loop stops after iteration 0
+        planned = 0
+    if iteration is not None and planned is not None:
+        planned = min(planned, iteration)
+    finished = planned is None or rows[-1]["iteration"] >= planned
+    return Run(metrics.parent, rows, finished, settings.get("seed"))
 
 
 def mean_error(values: list[float], stderrs: list[float]) -> tuple[float, float]:
@@ -542,6 +566,7 @@ def main() -> None:
     parser.add_argument("--out", default="report", help="where to write (default: report/)")
     parser.add_argument("--iteration", type=int, help="read every run as of this iteration")
     args = parser.parse_args()
+    logging.basicConfig(format="%(levelname)s: %(message)s")
     result = build_report(args.run_dirs, args.out, args.iteration)
     print(f"{len(result['runs'])} runs -> {Path(args.out) / 'report.md'}")
 

@@ -307,3 +307,26 @@ def test_several_seeds_draw_a_band_and_one_run_error_bars():
     assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(39.0)  # mean - sem at iteration 0
     assert len(ax.containers) == 1  # the single run's error bars
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["seeds (2 runs)", "one run"]
+
+
+def test_an_unreadable_run_is_skipped_and_paths_without_runs_are_named(tmp_path, monkeypatch, capsys, caplog):
+    make_run(tmp_path / "runs", "good", "debate", "gsm", [0.5])
+    make_run(tmp_path / "runs", "cut", "debate", "math", [0.5, 0.6])
+    metrics = tmp_path / "runs" / "cut" / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-20])  # a copy cut short
+    make_run(tmp_path / "runs", "bad-config", "debate", "math", [0.5])
+    (tmp_path / "runs" / "bad-config" / "config.yaml").write_text("iterations: [1\n")
+    (tmp_path / "empty").mkdir()
+    paths = [tmp_path / "runs", tmp_path / "empty", tmp_path / "misspelt"]
+    monkeypatch.setattr(sys, "argv", ["mfsi.report", *map(str, paths), "--out", str(tmp_path / "out")])
+    report.main()  # the command: a warning each, the report of the readable run
+    assert "1 runs" in capsys.readouterr().out
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{tmp_path / 'empty'}: no runs (no metrics.jsonl)",
+        f"{tmp_path / 'misspelt'}: no such file or folder",
+        f"{tmp_path / 'runs' / 'bad-config'}: cannot be read "
+        f"({tmp_path / 'runs' / 'bad-config' / 'config.yaml'}: damaged, not valid YAML): run skipped",
+        f"{tmp_path / 'runs' / 'cut'}: cannot be read ({metrics}:3: damaged, not valid JSON "
+        "(Unterminated string starting at)): run skipped",
+    ]
