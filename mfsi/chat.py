@@ -99,3 +99,13 @@ def _not_extending(tokenizer: PreTrainedTokenizerBase, what: str) -> ConfigError
         "before each assistant turn to be a prefix of the conversation rendered with that turn; "
         "set model.chat_template=<a jinja file> whose renders extend each other"
     )
+
+
+def cut_prompt(rendered: dict[str, list[int]], room: int) -> dict[str, list[int]]:
+    """rendered with its prompt cut from the left to its last `room` tokens, as generation
+    cuts a prompt longer than the context leaves it. The prompt is what precedes the first
+    assistant token (all of a rendering without `assistant_masks`); every field is cut alike."""
+    masks = rendered.get("assistant_masks")
+    prompt = masks.index(1) if masks and 1 in masks else len(rendered["input_ids"])
+    cut = max(0, prompt - room)
+    return {key: values[cut:] for key, values in rendered.items()}

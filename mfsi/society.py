@@ -22,7 +22,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PretrainedConfig
 
 from mfsi.errors import ConfigError
 from mfsi.paths import ROOT, find
@@ -38,8 +39,9 @@ CHARACTER_VOCAB = 256
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve(path: str) -> Path | None:
-    """A local model folder for cfg.model.path, or None when it can only be a hub id (org/name)."""
+def resolve(path: str, key: str = "model.path") -> Path | None:
+    """A local folder for the config value `key`=path, or None when it can only be a hub id
+    (org/name)."""
     local = find(path)
     if local:
         return local
@@ -47,10 +49,33 @@ def resolve(path: str) -> Path | None:
     looks_local = given.is_absolute() or path.startswith((".", "~")) or len(given.parts) != 2
     if looks_local or (ROOT / given.parts[0]).is_dir() or Path(given.parts[0]).is_dir():
         raise ConfigError(
-            f"model.path={path!r}: no such folder (looked in {Path.cwd()} and {ROOT}); "
+            f"{key}={path!r}: no such folder (looked in {Path.cwd()} and {ROOT}); "
             "expected a local Hugging Face model folder or a hub id like org/name"
         )
     return None
+
+
+def hf_config(path: str, key: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config.json of the model at `key`=path (a local folder or hub id), without weights."""
+    local = resolve(path, key)
+    try:
+        return AutoConfig.from_pretrained(str(local or path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # no config.json, not cached offline, unknown id
+        raise ConfigError(
+            f"{key}={path!r}: no model config could be read ({str(e).splitlines()[0]}); expected a "
+            "local Hugging Face model folder, or a hub id that is reachable or already downloaded"
+        ) from None
+
+
+def model_config(cfg) -> PretrainedConfig:
+    """The base model's config with its attention implementation resolved as loading resolves
+    it (the model is built on the meta device: no weights are read or allocated)."""
+    config = hf_config(cfg.path, "model.path", cfg.trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code).config
+    except Exception:  # a model that cannot be built without weights: the generation backend checks it
+        return config
 
 
 def load_base(cfg) -> tuple[torch.nn.Module, object]:
@@ -117,13 +142,18 @@ def load_model(cfg, tokenizer) -> torch.nn.Module:
         "int8": BitsAndBytesConfig(load_in_8bit=True),
     }[cfg.quantization]
     device = resolve_device(cfg.device)
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=dtype,
-        quantization_config=quantization,
-        device_map={"": device} if quantization else None,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            quantization_config=quantization,
+            device_map={"": device} if quantization else None,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except SafetensorError as e:
+        raise ConfigError(
+            f"model.path={cfg.path!r}: the weights in {source} are damaged ({e}); download or copy them again"
+        ) from None
     if quantization is None:
         model = model.to(device)
     for module in model.modules():

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mfsi.chat import end_ids, render
-from mfsi.errors import DataError
+from mfsi.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,30 @@ def resolve_precision(trainer_cfg: Any, device: torch.device) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
+def placement(trainer_cfg: Any, device: torch.device) -> dict[str, Any]:
+    """Lightning's accelerator, devices, strategy and precision from cfg.finetune.trainer."""
+    return {
+        **trainer_devices(trainer_cfg, device),
+        "strategy": trainer_cfg.strategy,
+        "precision": resolve_precision(trainer_cfg, device),
+    }
+
+
+def check_trainer(trainer_cfg: Any, device: torch.device) -> None:
+    """ConfigError unless Lightning accepts cfg.finetune.trainer for a model on `device` (a
+    Trainer is built, not run)."""
+    try:
+        pl.Trainer(
+            **placement(trainer_cfg, device),
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except Exception as e:  # Lightning raises ValueError, MisconfigurationException, RuntimeError
+        settings = ", ".join(f"{k}={v!r}" for k, v in trainer_cfg.items())
+        raise ConfigError(f"finetune.trainer ({settings}): {e}") from None
+
+
 def train_adapter(
     model,
     tokenizer,
@@ -234,9 +258,7 @@ def train_adapter(
         only_adapter_trainable(model, adapter, cfg.gradient_checkpointing),
     ):
         trainer = pl.Trainer(
-            **trainer_devices(cfg.trainer, device),
-            strategy=cfg.trainer.strategy,
-            precision=resolve_precision(cfg.trainer, device),
+            **placement(cfg.trainer, device),
             max_epochs=cfg.epochs,
             accumulate_grad_batches=cfg.accumulate,
             gradient_clip_val=cfg.max_grad_norm or None,

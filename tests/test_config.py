@@ -93,6 +93,13 @@ def test_typos_fail_at_composition(override):
         ("finetune.critic_weight=1.5", "finetune.critic_weight"),
         ("model.quantization=nf5", "model.quantization"),
         ("finetune.init=scratch", "finetune.init"),
+        ("debate.style=hostile", "debate.style"),
+        ("generation.backend=tgi", "generation.backend"),
+        ("generation.vllm_release=nap", "generation.vllm_release"),
+        ("generation.vllm_memory_utilization=1.5", "generation.vllm_memory_utilization"),
+        ("generation.served_adapters=gen", "generation.served_adapters"),
+        ("generation.concurrency=0", "generation.concurrency"),
+        ("generation.retries=-1", "generation.retries"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
@@ -178,6 +185,18 @@ def test_ablation_shapes():
     assert make("+ablation=single_agent_ft").method.shared is True
     no_debate = make("+ablation=single_agent_ft_no_debate")
     assert (no_debate.evaluation.agents, no_debate.evaluation.rounds, no_debate.debate.rounds) == (1, 1, 2)
+    unique_id = make("+ablation=unique_id")
+    assert (unique_id.method.selection, unique_id.method.shared, unique_id.debate.agent_ids) == (
+        "single_agent",
+        True,
+        True,
+    )
+    assert make("+ablation=cooperative").debate.style == "cooperative"
+    assert (make().debate.style, make().debate.agent_ids) == ("critical", False)
+    # the Table 2 preset sweeps both
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=["+experiment=table2"], return_hydra_config=True)
+    assert {"unique_id", "cooperative"} <= set(hydra_cfg.hydra.sweeper.params["+ablation"].split(","))
     transfer = make("+experiment=transfer", "task=arithmetic")
     assert (transfer.task.name, transfer.eval_task.name, transfer.variant) == (
         "arithmetic",

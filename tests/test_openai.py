@@ -16,20 +16,16 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mfsi import loop, rundir
-from mfsi.config import GenerationConfig, register
+from mfsi.config import GenerationConfig
 from mfsi.errors import ConfigError, GenerationError
 from mfsi.generation import MfsiBackend, OpenAIBackend
 from mfsi.generation.openai import CACHE
 from mfsi.society import resolve
-
-ROOT = Path(__file__).resolve().parents[1]
 
 ASK = [{"role": "user", "content": "What is 3+4*5?"}]
 OTHER = [
@@ -173,21 +169,6 @@ def test_the_key_comes_from_the_named_environment_variable(endpoint, monkeypatch
     assert {k.lower(): v for k, v in endpoint.headers_seen[-1].items()}["authorization"] == "Bearer sk-test"
 
 
-def make(*overrides):
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def test_finetuning_through_an_api_is_refused_up_front_with_what_is_supported(monkeypatch, tmp_path):
-    with pytest.raises(ConfigError, match="method.name=.*finetuning through an API is not supported"):
-        loop.run(make("model=gpt35"), tmp_path / "run")  # multiagent_ft
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        loop.run(make("model=gpt35", "method=debate"), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -256,7 +237,7 @@ def test_a_served_model_and_its_adapters_answer_as_our_decoder(server, served_so
 
 @pytest.mark.engine
 def test_a_debate_of_served_adapters_runs_through_the_loop_and_a_rerun_asks_nothing(
-    server, served_society, tmp_path
+    server, served_society, make, tmp_path
 ):
     served = ["generation.backend=openai", f"generation.base_url={server}", "generation.api_key_env=null"]
     cfg = make(

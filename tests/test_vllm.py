@@ -3,15 +3,12 @@ its bare base and two adapters. Greedy, it writes what our decoder writes; sampl
 seeded per request; the loop serves each iteration's new adapters. Every test here shares
 one engine (it takes about a minute to start on a CPU); -m "not engine" skips them."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mfsi import loop, rundir
-from mfsi.config import LoraConfig, register
+from mfsi.config import LoraConfig
 from mfsi.generation import MfsiBackend, make_backend
 from mfsi.tasks import load_task
 
@@ -19,9 +16,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs i
 vllm_backend = pytest.importorskip("mfsi.generation.vllm")
 pytestmark = pytest.mark.engine
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["task.n_train=8", "task.n_eval=4", "iterations=1", "logger=none", "finetune.epochs=1", "agents=2"]
-SMALL += ["debate.rounds=1", "evaluation.diversity_questions=2"]
+ENGINE = ["agents=2", "debate.rounds=1", "generation.backend=vllm"]  # every test here: one engine
 OTHER = [
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "12"},
@@ -29,11 +24,10 @@ OTHER = [
 ]
 
 
-def make(*overrides):
-    """The run config of the tiny preset (every config here starts the same engine)."""
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*SMALL, "generation.backend=vllm", *overrides])
+@pytest.fixture(scope="module")
+def small(make):
+    """small(*overrides): conftest's small run with this module's engine."""
+    return lambda *overrides: make(*ENGINE, *overrides)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +37,8 @@ def one_engine():
 
 
 @pytest.fixture(scope="module")
-def requests():
-    task = load_task(make().task)
+def requests(small):
+    task = load_task(small().task)
     questions = [task.prompt(p) for p in task.split("eval")] + [OTHER]
     return [(adapter, q) for q in questions for adapter in (None, "gen0", "gen1")]
 
@@ -53,8 +47,8 @@ def ours(society, cfg, requests, seed=0) -> list[str]:
     return MfsiBackend.create(cfg, society).generate(requests, seed=seed)
 
 
-def test_greedy_output_is_our_decoders_for_the_base_and_each_adapter(served_society, requests):
-    cfg = make("generation.temperature=0")
+def test_greedy_output_is_our_decoders_for_the_base_and_each_adapter(served_society, requests, small):
+    cfg = small("generation.temperature=0")
     with make_backend(cfg, served_society) as generator:
         texts = generator.generate(requests, seed=0)
     assert texts == ours(served_society, cfg, requests)
@@ -64,8 +58,8 @@ def test_greedy_output_is_our_decoders_for_the_base_and_each_adapter(served_soci
     assert stats.new_tokens > len(requests) and stats.prefilled + stats.reused > 10 * len(requests)
 
 
-def test_sampling_is_seeded_per_request_whatever_else_is_in_the_call(served_society, requests):
-    with make_backend(make(), served_society) as generator:
+def test_sampling_is_seeded_per_request_whatever_else_is_in_the_call(served_society, requests, small):
+    with make_backend(small(), served_society) as generator:
         texts = generator.generate(requests, seed=1)
         assert generator.generate(requests, seed=1) == texts
         assert generator.generate(requests[:4], seed=1) == texts[:4]
@@ -73,8 +67,8 @@ def test_sampling_is_seeded_per_request_whatever_else_is_in_the_call(served_soci
     assert len(set(texts)) == len(texts) and len(set(again)) == 8
 
 
-def test_new_weights_under_an_old_name_are_served(served_society, requests, tmp_path):
-    cfg = make("generation.temperature=0")
+def test_new_weights_under_an_old_name_are_served(served_society, requests, small, tmp_path):
+    cfg = small("generation.temperature=0")
     with make_backend(cfg, served_society) as generator:
         before = generator.generate(requests[:3], seed=0)
     torch.manual_seed(7)
@@ -86,13 +80,13 @@ def test_new_weights_under_an_old_name_are_served(served_society, requests, tmp_
     assert after == ours(served_society, cfg, requests[:3])
 
 
-def test_one_iteration_serves_the_adapters_it_trains_as_our_decoder_does(tmp_path):
+def test_one_iteration_serves_the_adapters_it_trains_as_our_decoder_does(small, tmp_path):
     # Greedy, both runs agree on every debate, so they select the same data and train the
     # same adapters (at a learning rate that changes answers): iteration 1 then differs
     # unless vLLM serves the new weights.
     runs = {}
     for backend in ("mfsi", "vllm"):
-        cfg = make("generation.temperature=0", "finetune.lr=0.01", f"generation.backend={backend}")
+        cfg = small("generation.temperature=0", "finetune.lr=0.01", f"generation.backend={backend}")
         loop.run(cfg, tmp_path / backend)
         runs[backend] = [
             [
@@ -105,8 +99,8 @@ def test_one_iteration_serves_the_adapters_it_trains_as_our_decoder_does(tmp_pat
     assert runs["vllm"][0] != runs["vllm"][1]  # the adapters changed the answers
 
 
-def test_shutdown_between_stages_frees_the_engine(served_society, requests):
-    with make_backend(make("generation.vllm_release=shutdown"), served_society) as generator:
+def test_shutdown_between_stages_frees_the_engine(served_society, requests, small):
+    with make_backend(small("generation.vllm_release=shutdown"), served_society) as generator:
         assert generator.generate(requests[:1], seed=0)
         assert vllm_backend._running is not None
     assert vllm_backend._running is None

@@ -11,9 +11,9 @@ for None, generation.served_adapters with {adapter} replaced for gen{n}/critic{n
 Up to generation.concurrency requests are in flight; the `openai` client gives each attempt
 generation.timeout seconds and retries it up to generation.retries times after a connection
 error, a timeout, 408, 409, 429 or 5xx, waiting as the server's Retry-After says or with
-exponential backoff (0.5 s doubling to 8 s, jittered). Other errors (a wrong URL, key or model name) stop the run with the server's
-message. Each request carries its own seed (`request_seeds`; generation.request_seeds=false
-sends none, for servers that fail on them).
+exponential backoff (0.5 s doubling to 8 s, jittered). Other errors (a wrong URL, key or
+model name) stop the run with the server's message. Each request carries its own seed
+(`request_seeds`; generation.request_seeds=false sends none, for servers that fail on them).
 
 Finished responses are appended, as they arrive, to a cache in the run directory
 (api_cache.jsonl, keyed by the request and its seed): a stage interrupted and rerun sends

