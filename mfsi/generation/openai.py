@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-import openai
 from tqdm.auto import tqdm
 
 from mfsi.errors import ConfigError, GenerationError
@@ -92,6 +91,8 @@ class OpenAIBackend(Backend):
         return cls(cfg.generation, served_base=cfg.generation.served_base or cfg.model.path, cache=cache)
 
     def __init__(self, cfg, served_base: str, cache: Path | None = None):
+        import openai  # imported here: only this backend needs it
+
         self.cfg, self.served_base = cfg, served_base
         self.client = openai.OpenAI(
             base_url=cfg.base_url, api_key=api_key(cfg), timeout=cfg.timeout, max_retries=cfg.retries
@@ -147,6 +148,8 @@ class OpenAIBackend(Backend):
 
     def _complete(self, body: dict) -> dict:
         """One chat completion: its text and token counts."""
+        import openai
+
         where = self.cfg.base_url or "OpenAI's API"
         try:
             completion = self.client.chat.completions.create(**body)
