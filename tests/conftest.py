@@ -119,13 +119,16 @@ def snapshot():
     return files
 
 
+ADAPTERS = ("gen0", "gen1", "critic0", "critic1")
+
+
 @pytest.fixture(scope="session")
 def served_society(tmp_path_factory):
-    """The shipped tiny model with two random LoRA adapters (gen0, gen1 at finetune.lora's
-    rank), saved as the loop saves them: what the engine tests serve."""
+    """The shipped tiny model with the random LoRA adapters of two agents (gen0, gen1, critic0,
+    critic1 at finetune.lora's rank), saved as the loop saves them: what the engine tests serve."""
     society = Society(*load_base(OmegaConf.structured(ModelConfig())))
     folder = tmp_path_factory.mktemp("adapters")
-    for n, name in enumerate(("gen0", "gen1")):
+    for n, name in enumerate(ADAPTERS):
         torch.manual_seed(n)
         society.add(name, OmegaConf.structured(LoraConfig(dropout=0.0)), init=False)
         society.save(name, folder / name)

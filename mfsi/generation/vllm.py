@@ -192,9 +192,12 @@ class VllmBackend(LocalBackend):
         return cls(society.model, society.tokenizer, cfg.generation, context, engine, dict(society.folders))
 
     def __init__(self, model, tokenizer, cfg, context_length: int, engine: Engine, folders: dict[str, Path]):
+        from vllm.platforms import current_platform
+
         super().__init__(model, tokenizer, cfg, context_length)
         self.folders = folders
         self.llm = engine.start()
+        self.base_apart = current_platform.is_cpu()  # see _calls
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         from vllm import SamplingParams
@@ -213,7 +216,16 @@ class VllmBackend(LocalBackend):
             for s in request_seeds(seed, len(requests))
         ]
         loras = [self._lora(adapter) for adapter, _ in requests]
-        outputs = self.llm.generate(prompts, sampling, lora_request=loras, use_tqdm=len(requests) > 1)
+        outputs = [None] * len(requests)
+        for indices in self._calls(loras):
+            done = self.llm.generate(
+                [prompts[i] for i in indices],
+                [sampling[i] for i in indices],
+                lora_request=[loras[i] for i in indices],
+                use_tqdm=len(indices) > 1,
+            )
+            for i, out in zip(indices, done):
+                outputs[i] = out
         texts = []
         for (adapter, _), prompt, out in zip(requests, prompts, outputs):
             tokens = list(out.outputs[0].token_ids)
@@ -225,6 +237,16 @@ class VllmBackend(LocalBackend):
             self.stats.by_adapter[adapter or "__base__"] += 1
         self.stats.requests += len(requests)
         return texts
+
+    def _calls(self, loras: list) -> list[list[int]]:
+        """The requests of each engine call: all in one, or on a CPU those without an adapter
+        apart from the others. vLLM's CPU LoRA ops give a row without an adapter the adapter
+        in the last slot when both share a batch (vllm-project/vllm#48421, open in 0.32)."""
+        everything = list(range(len(loras)))
+        if not self.base_apart:
+            return [everything]
+        base = [i for i in everything if loras[i] is None]
+        return [part for part in (base, [i for i in everything if loras[i] is not None]) if part]
 
     def _lora(self, adapter: str | None):
         if adapter is None:
