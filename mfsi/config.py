@@ -8,6 +8,7 @@ live in `validate`, which the entry point calls before doing any work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -57,11 +58,18 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 0.9
     max_new_tokens: int = 1024
-    batch_size: int = 32
+    # Rows per batch, or "auto": as many as fit memory_fraction of the free memory (the
+    # accelerator's, else the RAM), each row counted with the keys and values of its longest
+    # possible conversation (prompt + max_new_tokens) and its prefill activations
+    batch_size: Any = 32  # int | "auto"
+    memory_fraction: float = 0.5
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
     backend: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
     decoder: str | None = None  # renamed generation.backend: a value here is an error that says so
     prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
+    # The mfsi decoder's KV cache starts at the prompt plus this many positions and grows by
+    # as many whenever a row outgrows it, instead of reserving max_new_tokens for every row
+    cache_growth: int = 256
     # Keys and values of the last call's conversations, kept for the next debate round to
     # extend (mfsi decoder; helps while an agent's generator and critic are the same model)
     prefix_cache_mb: int = 2048  # 0 = off
@@ -163,6 +171,10 @@ CHOICES = {
 }
 
 
+def _batch_size_ok(value) -> bool:
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject values a type cannot rule out, naming the key and what is expected."""
     if cfg.generation.decoder is not None:
@@ -185,6 +197,9 @@ def validate(cfg: DictConfig) -> None:
         ("generation.top_p", 0 < cfg.generation.top_p <= 1, "a number in (0, 1]"),
         ("evaluation.agents", (cfg.evaluation.agents or 1) >= 1, "an integer >= 1 or null"),
         ("evaluation.rounds", (cfg.evaluation.rounds or 1) >= 1, "an integer >= 1 or null"),
+        ("generation.batch_size", _batch_size_ok(cfg.generation.batch_size), "an integer >= 1 or auto"),
+        ("generation.memory_fraction", 0 < cfg.generation.memory_fraction <= 1, "a number in (0, 1]"),
+        ("generation.cache_growth", cfg.generation.cache_growth >= 1, "an integer >= 1"),
         ("generation.lookup_tokens", cfg.generation.lookup_tokens >= 0, "an integer >= 0"),
         ("generation.lookup_ngram", cfg.generation.lookup_ngram >= 1, "an integer >= 1"),
         ("generation.lookup_min_keep", 0 < cfg.generation.lookup_min_keep <= 1, "a number in (0, 1]"),

@@ -259,13 +259,22 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
             seed=seed_for(cfg.seed, iteration, split),
         )
     stats = {
+        "cut": generator.stats.cut,
+        "cut_tokens": generator.stats.cut_tokens,
         "truncated": generator.stats.truncated,
         "requests": generator.stats.requests,
         **generator.stats.tokens(),
         "seconds": round(time.time() - start, 2),
     }
+    if stats["cut"]:
+        log.warning(
+            "%d prompts were too long for the context: %d tokens from the middles of other agents' "
+            "answers (or summaries) and then of their own earlier answers were cut",
+            stats["cut"],
+            stats["cut_tokens"],
+        )
     if stats["truncated"]:
-        log.warning("%d prompts were longer than the context and cut from the left", stats["truncated"])
+        log.warning("%d prompts were still too long and lost tokens from their middle", stats["truncated"])
     rundir.write_json(stats_path, stats)
     rundir.write_jsonl(path, records)  # written last: its presence marks the stage done
     return records, stats
