@@ -8,7 +8,7 @@ tiny model's batch size and max_new_tokens (conf/model/tiny.yaml) unless set. Th
 run in turns, --repeats times each, and each reports its median run (as in
 experiments.bench_debate: tokens/s, peak RSS, the KV cache's peak, the largest batch) and
 whether its texts equal the first setting's. `compare` does the same from Python for any
-model and device (experiments/gpu_check.py: batch_size=32 against auto).
+model and device.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ class TaskConfig:
     n_train: int = 500  # questions to finetune on (paper: 500)
     n_eval: int = 500  # different, held-out questions to evaluate on (paper: 500)
     path: str | None = None  # local data (file or directory); None = HF hub
+    # eval questions from this file or folder instead (e.g. MATH500); train from all of
+    # `path` (or the hub), minus any question that is also in eval
+    eval_path: str | None = None
     hf_id: str | None = None  # dataset id used when path is None and the hub is reachable
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # MATH difficulty filter
     seed: int = "${seed}"  # type: ignore[assignment]  # splits are a function of the seed
@@ -34,8 +37,9 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     quantization: str = "none"  # none | nf4 | int8
     chat_template: str | None = None  # jinja file; None = the tokenizer's own
-    context_length: int = 2048  # prompt + new tokens must fit
+    context_length: int | None = None  # prompt + new tokens must fit; None = the model's own maximum
     trust_remote_code: bool = False
+    device: str = "auto"  # auto = the first GPU if there is one, else cpu; or cpu, cuda, cuda:1, ...
 
 
 @dataclass
@@ -51,6 +55,9 @@ class MethodConfig:
 class DebateConfig:
     rounds: int = 2
     summarize: bool = True  # summarise the other agents (base model) or concatenate them
+    # critical: weigh the others' answers as advice (Du et al.) | cooperative: build on them
+    style: str = "critical"
+    agent_ids: bool = False  # tell each agent its id in its first prompt (unique-ID ablation)
 
 
 @dataclass
@@ -70,8 +77,8 @@ class GenerationConfig:
     # The mfsi decoder's KV cache starts at the prompt plus this many positions and grows by
     # as many whenever a row outgrows it, instead of reserving max_new_tokens for every row
     cache_growth: int = 256
-    # Keys and values of the last call's conversations, kept for the next debate round to
-    # extend (mfsi decoder; helps while an agent's generator and critic are the same model)
+    # Keys and values of the conversations of the two calls before, for prompts that begin
+    # like one (mfsi decoder: the next debate round, while generator and critic are one model)
     prefix_cache_mb: int = 2048  # 0 = off
     # Prompt lookup (mfsi decoder): each step also feeds up to lookup_tokens drafted tokens,
     # copied from what followed the row's last lookup_ngram tokens earlier in its context,
@@ -94,6 +101,8 @@ class LoraConfig:
 
 @dataclass
 class TrainerConfig:
+    # auto: the model's own device (model.device), one device. Other values go to Lightning
+    # as given; more than one device (multi-GPU) must be asked for, and is untested.
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
@@ -124,6 +133,9 @@ class LoggerConfig:
     entity: str | None = None
     group: str = "${name}"
     mode: str | None = None  # online | offline | disabled; None = offline without an API key
+    # Seconds W&B may take to start online before the run logs offline instead (W&B's own
+    # default, 90, keeps a run with an unreachable server waiting ~110 s)
+    init_timeout: float = 15
 
 
 @dataclass
@@ -153,6 +165,7 @@ class Config:
     seed: int = 0
     variant: str = "${method.name}"  # the row label in reports (ablations rename it)
     name: str = "${task.name}-${variant}"  # W&B group and run-name prefix
+    verbose: bool = False  # true (or `run.py -v`): library tips, deprecation and loading output too
 
 
 def register() -> None:
@@ -165,18 +178,66 @@ CHOICES = {
     "model.quantization": ("none", "nf4", "int8"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
+    "debate.style": ("critical", "cooperative"),
     "finetune.init": ("previous", "base"),
     "generation.backend": ("mfsi", "hf"),
     "logger.name": ("wandb", "none"),
+    "logger.mode": (None, "online", "offline", "disabled"),
+}
+
+AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+AT_LEAST_0 = (lambda v: v >= 0, "a number >= 0")
+POSITIVE = (lambda v: v > 0, "a number > 0")
+SHARE = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+RANGES = {  # key: (test, what is expected)
+    "agents": AT_LEAST_1,
+    "debate.rounds": AT_LEAST_1,
+    "iterations": (lambda v: v >= 0, "an integer >= 0"),
+    "model.context_length": (lambda v: v is None or v >= 2, "an integer >= 2 or null (the model's maximum)"),
+    "generation.temperature": AT_LEAST_0,
+    "generation.top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "generation.max_new_tokens": AT_LEAST_1,
+    "generation.batch_size": (
+        lambda v: v == "auto" or (type(v) is int and v >= 1),
+        "an integer >= 1 or auto (rows that fit generation.memory_fraction of the free memory)",
+    ),
+    "generation.memory_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "generation.prefill_chunk": AT_LEAST_1,
+    "generation.cache_growth": AT_LEAST_1,
+    "generation.prefix_cache_mb": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "generation.lookup_tokens": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "generation.lookup_ngram": AT_LEAST_1,
+    "generation.lookup_min_keep": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "finetune.critic_weight": SHARE,
+    "finetune.lr": POSITIVE,
+    "finetune.epochs": AT_LEAST_1,
+    "finetune.batch_size": AT_LEAST_1,
+    "finetune.accumulate": AT_LEAST_1,
+    "finetune.warmup_ratio": SHARE,
+    "finetune.weight_decay": AT_LEAST_0,
+    "finetune.max_grad_norm": (lambda v: v >= 0, "a number >= 0 (0 = no clipping)"),
+    "finetune.max_length": AT_LEAST_1,
+    "finetune.lora.r": AT_LEAST_1,
+    "finetune.lora.alpha": POSITIVE,
+    "finetune.lora.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "evaluation.agents": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "evaluation.rounds": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "evaluation.diversity_questions": (lambda v: v >= 0, "an integer >= 0"),
+    "logger.init_timeout": POSITIVE,
+}
+TASK_RANGES = {  # checked for task and, when set, eval_task
+    "n_train": (lambda v: v >= 0, "an integer >= 0"),
+    "n_eval": AT_LEAST_1,
+    "levels": (lambda v: len(v) > 0 and all(1 <= level <= 5 for level in v), "a non-empty list of 1..5"),
 }
 
 
-def _batch_size_ok(value) -> bool:
-    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-
-
 def validate(cfg: DictConfig) -> None:
-    """Reject values a type cannot rule out, naming the key and what is expected."""
+    """Reject values a type cannot rule out, naming the key, the value and what is expected.
+
+    Only the config is read (no model, no data), so this runs in well under a second; the
+    checks that need the model's own config are mfsi.loop.preflight.
+    """
     if cfg.generation.decoder is not None:
         raise ConfigError(
             f"generation.decoder={cfg.generation.decoder!r}: the key is now generation.backend "
@@ -185,30 +246,21 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    checks = [
-        ("agents", cfg.agents >= 1, "an integer >= 1"),
-        ("debate.rounds", cfg.debate.rounds >= 1, "an integer >= 1"),
-        ("iterations", cfg.iterations >= 0, "an integer >= 0"),
-        ("task.n_train", cfg.task.n_train >= 0, "an integer >= 0"),
-        ("task.n_eval", cfg.task.n_eval >= 1, "an integer >= 1"),
-        ("finetune.critic_weight", 0 <= cfg.finetune.critic_weight <= 1, "a number in [0, 1]"),
-        ("generation.temperature", cfg.generation.temperature >= 0, "a number >= 0"),
-        ("generation.top_p", 0 < cfg.generation.top_p <= 1, "a number in (0, 1]"),
-        ("evaluation.agents", (cfg.evaluation.agents or 1) >= 1, "an integer >= 1 or null"),
-        ("evaluation.rounds", (cfg.evaluation.rounds or 1) >= 1, "an integer >= 1 or null"),
-        ("generation.batch_size", _batch_size_ok(cfg.generation.batch_size), "an integer >= 1 or auto"),
-        ("generation.memory_fraction", 0 < cfg.generation.memory_fraction <= 1, "a number in (0, 1]"),
-        ("generation.cache_growth", cfg.generation.cache_growth >= 1, "an integer >= 1"),
-        ("generation.lookup_tokens", cfg.generation.lookup_tokens >= 0, "an integer >= 0"),
-        ("generation.lookup_ngram", cfg.generation.lookup_ngram >= 1, "an integer >= 1"),
-        ("generation.lookup_min_keep", 0 < cfg.generation.lookup_min_keep <= 1, "a number in (0, 1]"),
-        (
-            "generation.lookup_tokens",
-            not cfg.generation.lookup_tokens or cfg.generation.backend == "mfsi",
-            "0 unless generation.backend=mfsi (the only backend that checks drafts)",
-        ),
-    ]
-    for key, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {expected}")
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+    ranges = dict(RANGES)
+    for task in ("task", "eval_task") if cfg.get("eval_task") else ("task",):
+        ranges.update({f"{task}.{key}": check for key, check in TASK_RANGES.items()})
+    for key, (ok, expected) in ranges.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={_show(value)}: expected {expected}")
+    generation = cfg.generation  # the token budget against the context: loop.preflight
+    if generation.lookup_tokens and generation.backend != "mfsi":
+        raise ConfigError(
+            f"generation.lookup_tokens={generation.lookup_tokens} with generation.backend="
+            f"{generation.backend}: expected lookup_tokens=0 (only the mfsi backend checks drafts)"
+        )
+
+
+def _show(value) -> str:
+    return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)

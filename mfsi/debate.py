@@ -1,11 +1,13 @@
 """Batched multiagent debate (Du et al. 2023, with summarisation), one record per question.
 
     records = run_debate(task, problems, backend, roles(3, False, society.adapters),
-                         rounds=2, summarize=True, seed=0)
+                         rounds=2, summarize=True, seed=0, style="critical", agent_ids=False)
 
-Round 1: agent n's generator answers the question. Round m > 1: its critic answers again,
-seeing its own conversation so far plus one user message holding the other agents'
-round m-1 responses, summarised by the base model (adapter None) or concatenated. Every
+Round 1: agent n's generator answers the question (told "You are agent n+1." first with
+agent_ids, the unique-ID ablation). Round m > 1: its critic answers again, seeing its own
+conversation so far plus one user message holding the other agents' round m-1 responses,
+summarised by the base model (adapter None) or concatenated, and asking it to weigh them
+as advice (style="critical") or to build on them (style="cooperative"). Every
 agent of a round sees a snapshot of the previous round, never a same-round answer (the
 official code updates agents in place and leaks). Each round is one batched backend call
 over all questions x agents, plus one call for the summaries.
@@ -43,14 +45,21 @@ def seed_for(*parts) -> int:
 
 
 def followups(
-    task: Task, problems: list[Problem], previous: list[list[str]], backend, summarize: bool, seed: int
+    task: Task,
+    problems: list[Problem],
+    previous: list[list[str]],
+    backend,
+    summarize: bool,
+    seed: int,
+    style: str = "critical",
 ) -> tuple[list[list[Piece]], list[list[dict]]]:
     """The round m>1 user message for each (question, agent), from round m-1's responses, and
     for each question the summariser's requests and summaries (none without summarising)."""
     others = [[tuple(r for k, r in enumerate(prev) if k != n) for n in range(len(prev))] for prev in previous]
     if not summarize or len(previous[0]) < 2:  # a lone agent has no others to summarise
+        debate_prompt = partial(task.debate_prompt, style=style)
         asks = [
-            [Piece(task.debate_prompt, o, rank=1) if o else Piece.fixed(REFLECT) for o in per_q]
+            [Piece(debate_prompt, o, rank=1) if o else Piece.fixed(REFLECT) for o in per_q]
             for per_q in others
         ]
         return asks, [[] for _ in problems]
@@ -64,7 +73,7 @@ def followups(
     asked = [{"request": r, "summary": s} for r, s in zip(requests, summaries)]
     asked = [asked[q * agents : (q + 1) * agents] for q in range(len(problems))]
     asks = [
-        [Piece(lambda t: task.summary_prompt(t[0]), (a["summary"],), rank=1) for a in per_q]
+        [Piece(lambda t: task.summary_prompt(t[0], style), (a["summary"],), rank=1) for a in per_q]
         for per_q in asked
     ]
     return asks, asked
@@ -78,19 +87,23 @@ def run_debate(
     rounds: int,
     summarize: bool,
     seed: int,
+    style: str = "critical",
+    agent_ids: bool = False,
 ) -> list[dict]:
     """Debate every problem with len(roles) agents for `rounds` rounds; see the module doc."""
     agents = len(roles)
     if not problems:
         return []
-    conversations = [[[Piece.fixed(task.prompt(p))] for _ in range(agents)] for p in problems]  # [q][n]
+    conversations = [  # [q][n]
+        [[Piece.fixed(task.prompt(p, n if agent_ids else None))] for n in range(agents)] for p in problems
+    ]
     responses: list[list[list[str]]] = [[] for _ in problems]  # [q][m][n]
     summaries: list[list[list[dict]]] = [[] for _ in problems]  # [q][m-1][n]
     for m in range(rounds):
         if m > 0:
             previous = [r[m - 1] for r in responses]  # the snapshot every agent of round m sees
             asks, asked = followups(
-                task, problems, previous, backend, summarize, seed=seed_for(seed, m, "summaries")
+                task, problems, previous, backend, summarize, seed_for(seed, m, "summaries"), style
             )
             conversations = [[c + [a] for c, a in zip(cs, ask)] for cs, ask in zip(conversations, asks)]
             for q, per_q in enumerate(asked):

@@ -19,19 +19,25 @@ to question q, r_qn its round-1 response, and p_n the next-token distribution of
 Each response weighs the same whatever its length. With one agent the pairwise metrics are
 None; identical adapters give KL 0 and a likelihood diversity equal to the agents' own NLL.
 Cost: len(set(adapters) | {None}) teacher-forced passes over the N*len(records) responses,
-so callers may pass a subset of the records.
+so callers may pass a subset of the records. A prompt longer than prompt_room tokens loses
+its middle as generation cut it (mfsi.chat.cut_prompt), so the scored text fits the
+context (prompt_room = context_length - max_new_tokens, as in generation).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from mfsi.chat import Message, render
+from mfsi.chat import Message, cut_prompt, end_ids, render
+
+log = logging.getLogger(__name__)
 
 Embed = Callable[[list[str]], torch.Tensor]  # texts -> unit-norm rows
 
@@ -98,20 +104,31 @@ def round1_conversation(record: dict, agent: int) -> list[Message]:
 
 
 def model_diversity(
-    model, tokenizer, records: Sequence[dict], adapters: Sequence[str | None], batch_size: int = 8
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    adapters: Sequence[str | None],
+    batch_size: int = 8,
+    prompt_room: int | None = None,
 ) -> dict[str, float | None]:
     """likelihood_diversity, kl_divergence and kl_from_base (module doc) in one sweep.
 
     adapters[n] is agent n's round-1 adapter (its generator), None = the base model; model is
-    a PeftModel holding them, or the bare base model when every entry is None.
+    a PeftModel holding them, or the bare base model when every entry is None. Prompts are
+    cut to prompt_room tokens as mfsi.chat.cut_prompt does (None: never).
     """
     items = [(r, k) for r in records for k in range(len(adapters))]
     values: dict[str, list[float]] = {"likelihood_diversity": [], "kl_divergence": [], "kl_from_base": []}
+    stop = end_ids(model, tokenizer)
     was_training = model.training
     model.eval()  # dropout off: the same adapter must give the same distribution twice
-    for start in range(0, len(items), batch_size):
+    starts = range(0, len(items), batch_size)
+    cut = 0
+    for start in tqdm(starts, desc="diversity", leave=False, disable=len(starts) < 2):
         batch = items[start : start + batch_size]
-        ids, attention, response = _batch(tokenizer, [round1_conversation(r, k) for r, k in batch])
+        conversations = [round1_conversation(r, k) for r, k in batch]
+        ids, attention, response, shortened = _batch(tokenizer, conversations, stop, prompt_room)
+        cut += shortened
         logp = {a: _response_log_probs(model, a, ids, attention, response) for a in {*adapters, None}}
         targets = ids[response].to(model.device)[:, None]
         end = 0
@@ -127,6 +144,8 @@ def model_diversity(
                     values["kl_divergence"].append(_kl(logp[other][span], own))
             values["kl_from_base"].append(_kl(own, logp[None][span]))
     model.train(was_training)
+    if cut:
+        log.warning("diversity: %d prompts longer than the context lost their middle, as in generation", cut)
     return {key: sum(v) / len(v) if v else None for key, v in values.items()}
 
 
@@ -135,9 +154,14 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> float:
     return float((logp.exp() * (logp - logq)).sum(-1).mean())
 
 
-def _batch(tokenizer, conversations: list[list[Message]]) -> tuple[torch.Tensor, ...]:
-    """Right-padded input ids, attention mask, and a mask of the assistant (response) tokens."""
-    rendered = [render(tokenizer, c, train=True) for c in conversations]
+def _batch(
+    tokenizer, conversations: list[list[Message]], stop: list[int], prompt_room: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Right-padded input ids, attention mask, a mask of the assistant (response) tokens, and
+    how many prompts were cut to prompt_room tokens."""
+    full = [render(tokenizer, c, train=True, stop=stop) for c in conversations]
+    rendered = full if prompt_room is None else [cut_prompt(r, prompt_room) for r in full]
+    cut = sum(len(a["input_ids"]) != len(b["input_ids"]) for a, b in zip(full, rendered))
     width = max(len(r["input_ids"]) for r in rendered)
 
     def pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -146,7 +170,7 @@ def _batch(tokenizer, conversations: list[list[Message]]) -> tuple[torch.Tensor,
     ids = pad([r["input_ids"] for r in rendered], tokenizer.pad_token_id)
     attention = pad([[1] * len(r["input_ids"]) for r in rendered], 0)
     response = pad([r["assistant_masks"] for r in rendered], 0).bool()
-    return ids, attention, response
+    return ids, attention, response, cut
 
 
 @torch.inference_mode()

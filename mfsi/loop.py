@@ -11,12 +11,16 @@ l >= 1 then (DESIGN.md "Method semantics"):
     debate the eval split with the new society (metrics)       iter_{l}/debate_eval.jsonl
 Methods that select no data (base, majority, debate) stop after iteration 0.
 
-Resume: every stage writes its files atomically, and the file that marks it done last
-(debate_*.jsonl, data/sizes.json, adapters/{name}/). Rerunning the command with the same
-run directory (`hydra.run.dir=<dir>`) skips finished stages and redoes nothing; a stage
-cut short is redone from its inputs with the same seeds, so the files come out the same.
-A config that changed in a way that invalidates finished stages is refused, naming the
-keys; `iterations` may grow, and logging/batching/device settings may change.
+Resume: every stage writes its files atomically, then its done marker (mfsi.rundir.seal:
+sizes and checksums of the files it wrote and of the files it read), e.g.
+iter_0/debate_eval.done.json, iter_1/data.done.json, iter_1/adapters/gen0.done.json.
+Rerunning the command with the same run directory (`hydra.run.dir=<dir>`) skips finished
+stages and redoes nothing; a stage cut short, damaged since, or whose inputs were redone
+differently is redone from its inputs with the same seeds (with a warning naming the file),
+so the files come out the same. A config that changed in a way that invalidates finished
+stages is refused, naming the keys; `iterations` may grow, and logging/batching/device
+settings may change. Each start appends the config it ran with, and the keys that changed,
+to config_history.jsonl; config.yaml holds the latest. A lock keeps a second process out.
 """
 
 from __future__ import annotations
@@ -27,28 +31,47 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mfsi import rundir
-from mfsi.config import validate
+from mfsi.chat import end_ids
+from mfsi.config import Config, validate
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
 from mfsi.generation import make_backend
+from mfsi.generation.mfsi import unsupported
 from mfsi.metrics import debate_metrics, mean
-from mfsi.selection import rationalisation_requests, select, sizes
-from mfsi.society import Society, load_base, roles
+from mfsi.rundir import done_marker
+from mfsi.selection import rationalisation_requests, sample_examples, select, sizes
+from mfsi.society import (
+    Society,
+    check_preset,
+    context_length,
+    hf_config,
+    load_model,
+    load_tokenizer,
+    model_config,
+    resolve_device,
+    roles,
+)
 from mfsi.tasks import Task, load_task
 from mfsi.tracking import Tracker, plot_iterations, plot_rounds
-from mfsi.training import train_adapter
+from mfsi.training import check_encodable, check_trainer, train_adapter
+from mfsi.versions import check_versions
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ when a run directory is resumed: they change no finished stage.
 RESUMABLE = (
     "iterations",
+    "verbose",
     "logger.",
+    "model.device",
     "generation.batch_size",
+    "generation.memory_fraction",
+    "generation.cache_growth",
     "generation.mixed_adapters",
     "generation.backend",
     "generation.decoder",  # renamed generation.backend; still in older run directories
@@ -57,52 +80,160 @@ RESUMABLE = (
     "generation.lookup_",
     "finetune.trainer.",
 )
+HISTORY = "config_history.jsonl"  # one line per start: when, the keys that changed, the config
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured experiment in run_dir (resuming it) and return its summary."""
+    check_versions()
     validate(cfg)
+    preflight(cfg)
     run_dir = Path(run_dir)
-    check_resume(cfg, run_dir)
-    task = load_task(cfg.task)
-    eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
-    society = Society(*load_base(cfg.model))
-    # Only now, with every input checked, does the run directory get its first files.
-    record_splits(task, eval_task, run_dir)
-    rundir.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = Tracker(cfg, run_dir)
-    iterations = cfg.iterations if cfg.method.selection != "none" else 0
-    try:
-        rows = [evaluate(cfg, eval_task, society, tracker, run_dir, iteration=0)]
-        for iteration in range(1, iterations + 1):
-            records, _ = debate_stage(cfg, task, society, run_dir, iteration - 1, "train")
-            datasets = selection_stage(cfg, task, society, records, run_dir, iteration)
-            trained = finetune_stage(cfg, society, datasets, run_dir, iteration)
-            extra = {"data_sizes": sizes(datasets), "training": trained}
-            rows.append(evaluate(cfg, eval_task, society, tracker, run_dir, iteration, extra))
-        summary = write_results(cfg, run_dir, rows)
-        tracker.log_image("accuracy_by_iteration", run_dir / "accuracy_by_iteration.png")
-        return summary
-    finally:
-        tracker.finish()
+    with rundir.lock(run_dir):
+        changed = check_resume(cfg, run_dir)
+        task = load_task(cfg.task)
+        eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
+        tokenizer = load_tokenizer(cfg.model)
+        check_preset(cfg.model, tokenizer)  # before the weights load
+        society = Society(load_model(cfg.model, tokenizer), tokenizer)
+        # Training and the diversity metrics read assistant turns through the chat template:
+        # a template they cannot use fails now, not after hours of debate.
+        check_encodable(
+            society.tokenizer,
+            end_ids(society.model, society.tokenizer),
+            sample_examples(task, cfg.debate.summarize),
+        )
+        # Only now, with every input checked, does the run directory get its first files.
+        record_splits(task, eval_task, run_dir)
+        record_config(cfg, run_dir, changed)
+        tracker = Tracker(cfg, run_dir)
+        iterations = cfg.iterations if cfg.method.selection != "none" else 0
+        try:
+            rows = [evaluate(cfg, eval_task, society, tracker, run_dir, iteration=0)]
+            for iteration in range(1, iterations + 1):
+                records, _, _ = debate_stage(cfg, task, society, run_dir, iteration - 1, "train")
+                datasets = selection_stage(cfg, task, society, records, run_dir, iteration)
+                trained = finetune_stage(cfg, society, datasets, run_dir, iteration)
+                extra = {"data_sizes": sizes(datasets), "training": trained}
+                rows.append(evaluate(cfg, eval_task, society, tracker, run_dir, iteration, extra))
+            summary = write_results(cfg, run_dir, rows)
+            tracker.log_image("accuracy_by_iteration", run_dir / "accuracy_by_iteration.png")
+            return summary
+        finally:
+            tracker.finish()
 
 
-def check_resume(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to continue a run directory made with a config that changes finished stages."""
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    old = _flat(OmegaConf.to_container(OmegaConf.load(path)))
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
-    changed = [
-        k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)
-    ]
-    if changed:
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+def preflight(cfg: DictConfig) -> None:
+    """The checks that read the model's config.json (not its weights), the embedder's and
+    Lightning's settings: seconds, before the run directory is touched."""
+    config = model_config(cfg.model)
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    context = cfg.model.context_length or limit
+    if limit and context > limit:
+        raise ConfigError(
+            f"model.context_length={context}: expected at most {limit}, the max_position_embeddings "
+            f"of {cfg.model.path}"
+        )
+    if context and cfg.generation.max_new_tokens >= context:
+        raise ConfigError(
+            f"generation.max_new_tokens={cfg.generation.max_new_tokens} leaves no room for the prompt in "
+            f"the model's context of {context} tokens: expected max_new_tokens < context"
+        )
+    problem = (
+        cfg.generation.backend == "mfsi"
+        and context
+        and config._attn_implementation
+        and unsupported(config, context)
+    )
+    if problem:
+        raise ConfigError(
+            f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
+        )
+    if cfg.evaluation.diversity and cfg.evaluation.embedder:
+        hf_config(cfg.evaluation.embedder, "evaluation.embedder")
+    if cfg.method.selection != "none" and cfg.iterations > 0:
+        check_trainer(cfg.finetune.trainer, resolve_device(cfg.model.device))
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, list]:
+    """The keys whose values differ from the config run_dir last ran with, {key: [old, new]}.
+    Once a stage has finished, only RESUMABLE keys may differ (the others would change what
+    the finished stages hold); before that, any change is taken."""
+    old = last_config(run_dir)
+    if old is None:
+        return {}
+    old, new = _flat(old), _flat(OmegaConf.to_container(cfg, resolve=True))
+    # A key added to the schema after the run was made ran with the behaviour of its default.
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    old = {k: old.get(k, defaults.get(k)) for k in old.keys() | new.keys()}
+    changed = {
+        k: [old.get(k), new.get(k)] for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+    }
+    fixed = [k for k in changed if not k.startswith(RESUMABLE)]
+    if fixed and finished_stages(run_dir):
+        shown = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed[:8])
         raise ConfigError(
             f"{run_dir} holds a run made with another config ({shown}): rerun with the original "
             "values, or use a new run directory"
         )
+    return changed
+
+
+def last_config(run_dir: Path) -> dict | None:
+    """The config run_dir last ran with: the last entry of its config history (config.yaml in
+    run directories made before the history), None for a new run directory."""
+    path, history = run_dir / "config.yaml", run_dir / HISTORY
+    entries = rundir.read_jsonl(history, skip_damaged=True) if history.exists() else []
+    try:
+        shown = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    except yaml.YAMLError:
+        shown = None
+    if entries:
+        if path.exists() and shown != entries[-1]["config"]:
+            log.warning("%s is damaged or was edited: the run's config is read from %s", path, history)
+        return entries[-1]["config"]
+    if not path.exists():
+        return None
+    if isinstance(shown, dict) and shown:
+        return shown
+    if not finished_stages(run_dir):
+        log.warning("%s is damaged; no stage has finished yet: the config given now replaces it", path)
+        return None
+    raise DataError(
+        f"{path} is damaged and there is no {HISTORY} to restore it from: restore it from a copy "
+        "of this run, or delete it to resume with the config given now (the finished stages are "
+        "then assumed to match it)"
+    )
+
+
+def finished_stages(run_dir: Path) -> bool:
+    """Whether any stage of run_dir has finished (has a done marker)."""
+    return any(run_dir.glob("iter_*/**/*.done.json"))
+
+
+def record_config(cfg: DictConfig, run_dir: Path, changed: dict[str, list]) -> None:
+    """config.yaml: what this start runs with; config_history.jsonl: one more entry."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    rundir.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    entry = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed, "config": config}
+    rundir.append_jsonl(run_dir / HISTORY, entry)
+    if changed:
+        log.info(
+            "resumed with other settings: %s",
+            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+        )
+
+
+def stage_done(output: Path) -> bool:
+    """Whether the stage that writes output finished and is intact; a damaged one, or one whose
+    inputs were redone differently, is reported and redone."""
+    marker = done_marker(output)
+    if not marker.exists():
+        return False
+    problem = rundir.damage(marker)
+    if problem:
+        log.warning("%s: redoing that stage", problem)
+    return problem is None
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -116,12 +247,14 @@ def selection_stage(
 ) -> dict[str, list[dict]]:
     """Each adapter's finetuning set for this iteration, selected or reloaded."""
     folder = run_dir / f"iter_{iteration}" / "data"
-    done = folder / "sizes.json"
-    if done.exists():
-        return {name: rundir.read_jsonl(folder / f"{name}.jsonl") for name in rundir.read_json(done)}
+    if stage_done(folder):
+        names = rundir.read_json(folder / "sizes.json")
+        return {name: rundir.read_jsonl(folder / f"{name}.jsonl") for name in names}
+    inputs = [debate_path(run_dir, iteration - 1, "train")]
     rationalised = None
     if cfg.method.selection == "star":
         rationalised = rationalise_stage(cfg, task, society, records, run_dir, iteration - 1)
+        inputs.append(run_dir / f"iter_{iteration - 1}" / "rationalisations.jsonl")
     datasets = select(
         records,
         cfg.method,
@@ -139,7 +272,8 @@ def selection_stage(
         )
     for name, examples in datasets.items():
         rundir.write_jsonl(folder / f"{name}.jsonl", examples)
-    rundir.write_json(done, sizes(datasets))
+    rundir.write_json(folder / "sizes.json", sizes(datasets))
+    rundir.seal(done_marker(folder), [folder], inputs)
     log.info("iteration %d data: %s", iteration, {k: v["n"] for k, v in sizes(datasets).items()})
     return datasets
 
@@ -149,7 +283,7 @@ def rationalise_stage(
 ) -> dict[tuple[str, int], str]:
     """STaR: answers to the wrongly answered train questions, re-asked with a hint."""
     path = run_dir / f"iter_{iteration}" / "rationalisations.jsonl"
-    if not path.exists():
+    if not stage_done(path):
         requests = rationalisation_requests(records, task)
         players = roles(cfg.agents, cfg.method.shared, society.adapters)
         with make_backend(cfg, society) as generator:
@@ -160,6 +294,7 @@ def rationalise_stage(
             )
         rationales = [{"id": q, "agent": a, "response": t} for (q, a, _), t in zip(requests, texts)]
         rundir.write_jsonl(path, rationales)
+        rundir.seal(done_marker(path), [path], [debate_path(run_dir, iteration, "train")])
     return {(r["id"], r["agent"]): r["response"] for r in rundir.read_jsonl(path)}
 
 
@@ -177,13 +312,17 @@ def finetune_stage(
         out = run_dir / f"iter_{iteration}" / "adapters" / name
         previous = run_dir / f"iter_{iteration - 1}" / "adapters" / name
         result_path = run_dir / f"iter_{iteration}" / "training" / f"{name}.json"
-        if not out.exists():
+        inputs = [
+            p for p in (run_dir / f"iter_{iteration}" / "data" / f"{name}.jsonl", previous) if p.exists()
+        ]
+        if not stage_done(out):
             if not examples:
                 if not previous.exists():
                     log.warning("%s: no data and no earlier weights: the base model plays it", name)
                     continue
                 log.warning("%s: no data this iteration: keeps its iteration %d weights", name, iteration - 1)
                 _copy_folder(previous, out)
+                rundir.seal(done_marker(out), [out], inputs)
             else:
                 if cfg.finetune.init == "previous" and previous.exists():
                     society.load(name, previous)
@@ -199,7 +338,8 @@ def finetune_stage(
                     seed=seed_for(cfg.seed, iteration, name),
                 )
                 rundir.write_json(result_path, result)
-                society.save(name, out)  # the folder marks this adapter done
+                society.save(name, out)
+                rundir.seal(done_marker(out), [out, result_path], inputs)
         society.load(name, out)
         if result_path.exists():
             results[name] = rundir.read_json(result_path)
@@ -211,6 +351,7 @@ def _copy_folder(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)  # a copy cut short, or damaged since
     tmp.rename(target)
 
 
@@ -218,11 +359,17 @@ def record_splits(task: Task, eval_task: Task, run_dir: Path) -> None:
     """Save train/eval ids; a resumed run must have the same ones (same seed and sizes)."""
     splits = {"train": [p.id for p in task.split("train")], "eval": [p.id for p in eval_task.split("eval")]}
     path = run_dir / "splits.json"
-    if path.exists() and rundir.read_json(path) != splits:
-        raise ConfigError(
-            f"{path}: this run directory was made with other questions (task, seed or sizes differ)"
-        )
-    rundir.write_json(path, splits)
+    try:
+        recorded = rundir.read_json(path) if path.exists() else None
+    except DataError as e:  # rebuilt below: the config it follows from was checked
+        log.warning("%s; rewritten from the task", e)
+        recorded = None
+    if recorded != splits:
+        if recorded is not None and finished_stages(run_dir):
+            raise ConfigError(
+                f"{path}: this run directory was made with other questions (task, seed or sizes differ)"
+            )
+        rundir.write_json(path, splits)
     log.info(
         "%d train (%s) / %d eval (%s) questions",
         len(splits["train"]),
@@ -239,13 +386,26 @@ def shape(cfg: DictConfig, split: str) -> tuple[int, int]:
     return cfg.agents, cfg.debate.rounds
 
 
-def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, iteration: int, split: str):
-    """(records, generation stats) of one iteration's debate on one split, run or reloaded."""
-    path = run_dir / f"iter_{iteration}" / f"debate_{split}.jsonl"
+def debate_path(run_dir: Path, iteration: int, split: str) -> Path:
+    return run_dir / f"iter_{iteration}" / f"debate_{split}.jsonl"
+
+
+def adapter_folders(run_dir: Path, iteration: int) -> list[Path]:
+    """The adapters the society plays with in this iteration (temporary folders start with a dot)."""
+    folder = run_dir / f"iter_{iteration}" / "adapters"
+    return sorted(p for p in folder.glob("[!.]*") if p.is_dir())
+
+
+def debate_stage(
+    cfg: DictConfig, task: Task, society: Society, run_dir: Path, iteration: int, split: str
+) -> tuple[list[dict], dict, bool]:
+    """(records, generation stats, whether it ran now) of one iteration's debate on one split,
+    run or reloaded."""
+    path = debate_path(run_dir, iteration, split)
     stats_path = path.with_suffix(".stats.json")
-    if path.exists():
-        log.info("resume: %s exists, skipping that debate", path)
-        return rundir.read_jsonl(path), rundir.read_json(stats_path)
+    if stage_done(path):
+        log.info("resume: %s is done, skipping that debate", path)
+        return rundir.read_jsonl(path), rundir.read_json(stats_path), False
     agents, rounds = shape(cfg, split)
     start = time.time()
     with make_backend(cfg, society) as generator:
@@ -257,6 +417,8 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
             rounds=rounds,
             summarize=cfg.debate.summarize,
             seed=seed_for(cfg.seed, iteration, split),
+            style=cfg.debate.style,
+            agent_ids=cfg.debate.agent_ids,
         )
     stats = {
         "cut": generator.stats.cut,
@@ -276,8 +438,9 @@ def debate_stage(cfg: DictConfig, task: Task, society: Society, run_dir: Path, i
     if stats["truncated"]:
         log.warning("%d prompts were still too long and lost tokens from their middle", stats["truncated"])
     rundir.write_json(stats_path, stats)
-    rundir.write_jsonl(path, records)  # written last: its presence marks the stage done
-    return records, stats
+    rundir.write_jsonl(path, records)
+    rundir.seal(done_marker(path), [path, stats_path], adapter_folders(run_dir, iteration))
+    return records, stats, True
 
 
 def evaluate(
@@ -289,11 +452,12 @@ def evaluate(
     iteration: int,
     extra: dict | None = None,
 ) -> dict:
-    """Debate on the eval split with the current society; its metrics row (logged once)."""
-    records, stats = debate_stage(cfg, task, society, run_dir, iteration, "eval")
-    for row in tracker.logged():
-        if row["iteration"] == iteration and row["split"] == "eval":
-            return row
+    """Debate on the eval split with the current society; its metrics row (logged once, and
+    again if the debate had to be redone)."""
+    records, stats, ran = debate_stage(cfg, task, society, run_dir, iteration, "eval")
+    logged = [r for r in tracker.logged() if r["iteration"] == iteration and r["split"] == "eval"]
+    if logged and not ran:
+        return logged[-1]
     agents, rounds = shape(cfg, "eval")
     metrics = debate_metrics(records, task)
     scores = diversity(cfg, society, records, agents) if cfg.evaluation.diversity else {}
@@ -322,6 +486,10 @@ def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: in
     """The diversity metrics of mfsi.diversity for this evaluation's debate; "per_question"
     holds each question's embedding dissimilarity."""
     generators = [g for g, _ in roles(agents, cfg.method.shared, society.adapters)]
+    # Scoring batches as generation's; with auto, model_diversity's own: its logits over the
+    # whole conversation are not what generation's memory budget counts.
+    rows = cfg.generation.batch_size
+    batch = {} if rows == "auto" else {"batch_size": rows}
     dissimilarity = embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder))
     return {
         "embedding_dissimilarity": None if dissimilarity is None else mean(dissimilarity),
@@ -331,7 +499,8 @@ def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: in
             society.tokenizer,
             records[: cfg.evaluation.diversity_questions],
             generators,
-            batch_size=cfg.generation.batch_size,
+            **batch,
+            prompt_room=context_length(cfg.model, society.model) - cfg.generation.max_new_tokens,
         ),
     }
 

@@ -17,6 +17,7 @@ experiments/gpu_check.py; a run never uses it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +130,13 @@ def corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(family: Family, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A BPE in the family's style with its special tokens, bos/eos and chat template."""
+def build_tokenizer(
+    family: Family, vocab_size: int = 512, size: int | None = None
+) -> PreTrainedTokenizerFast:
+    """A BPE in the family's style with its special tokens, bos/eos and chat template,
+    trained to vocab_size tokens; `size` > vocab_size pads the vocabulary to that many with
+    tokens no text encodes to, each decoding to its own text (`<extra_{id}>`), so that a
+    model with the real vocabulary size writes distinguishable texts."""
     specials = list(dict.fromkeys([*family.specials.values(), *family.extra]))
     if family.byte_level:
         core = Tokenizer(models.BPE())
@@ -148,6 +154,10 @@ def build_tokenizer(family: Family, vocab_size: int = 512) -> PreTrainedTokenize
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
     )
     core.train_from_iterator(corpus(), trainer)
+    if size and size > core.get_vocab_size():
+        spec = json.loads(core.to_str())
+        spec["model"]["vocab"].update({f"<extra_{i}>": i for i in range(core.get_vocab_size(), size)})
+        core = Tokenizer.from_str(json.dumps(spec))
     roles = {f"{role}_token": token for role, token in family.specials.items()}
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -164,18 +174,20 @@ def build(
     dtype: torch.dtype = torch.float32,
     context: int = 4096,
     seed: int = 0,
+    device: str = "cpu",
 ) -> Path:
     """Save a random-weight model of family `name` with its tokenizer to folder; returns it.
 
-    shape: SHAPES entry (default "tiny"); vocab None = the tokenizer's size (a bigger one
-    keeps the real embedding and output sizes; ids past the tokenizer decode to nothing).
+    shape: SHAPES entry (default "tiny"); vocab None = the tokenizer's own 512 tokens (the
+    real size keeps the real embedding and output layers; see build_tokenizer).
+    device: where the weights are drawn (a GPU draws 8B random weights in seconds).
     """
     family, shape = FAMILIES[name], shape or SHAPES["tiny"]
-    tokenizer = build_tokenizer(family)
+    tokenizer = build_tokenizer(family, size=shape["vocab"])
     ids = {role: tokenizer.convert_tokens_to_ids(token) for role, token in family.specials.items()}
     stop = [tokenizer.convert_tokens_to_ids(token) for token in family.stop]
     config = family.config(
-        vocab_size=shape["vocab"] or len(tokenizer),
+        vocab_size=len(tokenizer),
         hidden_size=shape["hidden"],
         intermediate_size=shape["ffn"],
         num_hidden_layers=shape["layers"],
@@ -189,7 +201,7 @@ def build(
         **family.arch,
     )
     torch.manual_seed(seed)
-    with torch.device("cpu"):
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.generation_config = GenerationConfig(
         bos_token_id=ids.get("bos"), eos_token_id=stop, pad_token_id=ids.get("pad")

@@ -86,6 +86,21 @@ def critic_examples(records: list[Record], agent: int, task: Task) -> tuple[list
     return corrected, held
 
 
+def sample_examples(task: Task, summarize: bool) -> list[Example]:
+    """A generator and a critic example shaped as the selection makes them, with placeholder
+    text: encoded at start-up to check, before any debate, that training can use the
+    model's chat template."""
+    problem = Problem("start-up check", "What is 1+1?", "2")
+    answer = {"role": "assistant", "content": "1+1=2. \\boxed{2}"}
+    others = task.summary_prompt(answer["content"]) if summarize else task.debate_prompt([answer["content"]])
+    first = [*task.prompt(problem), answer]
+    record = {"id": problem.id}
+    return [
+        _example(record, 0, "gen", first, "gen"),
+        _example(record, 0, "critic", [*first, others, answer], "C-"),
+    ]
+
+
 def mix_critic(corrected: list[Example], held: list[Example], w: float, rng: random.Random) -> list[Example]:
     """All C- plus round(|C-|(1-w)/w) C+ chosen by rng (all C+ at w=0; none if C- is empty)."""
     if w == 0:

@@ -22,7 +22,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PretrainedConfig
 
 from mfsi.errors import ConfigError
 from mfsi.paths import ROOT, find
@@ -33,11 +34,14 @@ from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+# model=tiny's settings are for character-level models (the embedded one has 102 tokens).
+CHARACTER_VOCAB = 256
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve(path: str) -> Path | None:
-    """A local model folder for cfg.model.path, or None when it can only be a hub id (org/name)."""
+def resolve(path: str, key: str = "model.path") -> Path | None:
+    """A local folder for the config value `key`=path, or None when it can only be a hub id
+    (org/name)."""
     local = find(path)
     if local:
         return local
@@ -45,19 +49,47 @@ def resolve(path: str) -> Path | None:
     looks_local = given.is_absolute() or path.startswith((".", "~")) or len(given.parts) != 2
     if looks_local or (ROOT / given.parts[0]).is_dir() or Path(given.parts[0]).is_dir():
         raise ConfigError(
-            f"model.path={path!r}: no such folder (looked in {Path.cwd()} and {ROOT}); "
+            f"{key}={path!r}: no such folder (looked in {Path.cwd()} and {ROOT}); "
             "expected a local Hugging Face model folder or a hub id like org/name"
         )
     return None
 
 
+def hf_config(path: str, key: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config.json of the model at `key`=path (a local folder or hub id), without weights."""
+    local = resolve(path, key)
+    try:
+        return AutoConfig.from_pretrained(str(local or path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # no config.json, not cached offline, unknown id
+        raise ConfigError(
+            f"{key}={path!r}: no model config could be read ({str(e).splitlines()[0]}); expected a "
+            "local Hugging Face model folder, or a hub id that is reachable or already downloaded"
+        ) from None
+
+
+def model_config(cfg) -> PretrainedConfig:
+    """The base model's config with its attention implementation resolved as loading resolves
+    it (the model is built on the meta device: no weights are read or allocated)."""
+    config = hf_config(cfg.path, "model.path", cfg.trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code).config
+    except Exception:  # a model that cannot be built without weights: the generation backend checks it
+        return config
+
+
 def load_base(cfg) -> tuple[torch.nn.Module, object]:
-    """The base model (eval mode) and its tokenizer (left padding, a pad token, a chat template)."""
+    """The base model (eval mode, on cfg.device) and its tokenizer."""
+    tokenizer = load_tokenizer(cfg)
+    return load_model(cfg, tokenizer), tokenizer
+
+
+def load_tokenizer(cfg):
+    """The tokenizer of cfg.path with left padding, a pad token and a chat template."""
     local = resolve(cfg.path)
-    source = str(local) if local else cfg.path
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, padding_side="left", trust_remote_code=cfg.trust_remote_code
+            str(local) if local else cfg.path, padding_side="left", trust_remote_code=cfg.trust_remote_code
         )
     except OSError as e:  # not cached with HF_HUB_OFFLINE=1, no network, unknown id
         raise ConfigError(
@@ -77,6 +109,27 @@ def load_base(cfg) -> tuple[torch.nn.Module, object]:
             f"model.path={cfg.path!r}: the tokenizer has no chat template; set "
             "model.chat_template=<a jinja file>"
         )
+    return tokenizer
+
+
+def check_preset(cfg, tokenizer) -> None:
+    """Refuse a model the preset's settings were not made for: model=tiny (the default) sets
+    the context, token limit and batch size (and turns summaries off) for character-level
+    models, so `model.path=<a real model>` alone would keep them silently."""
+    if cfg.name == "tiny" and len(tokenizer) > CHARACTER_VOCAB:
+        raise ConfigError(
+            f"model.path={cfg.path!r} is not a character-level model ({len(tokenizer)} tokens), but "
+            "model=tiny sets its context, token limit and batch size (and turns summaries off) for "
+            "one: choose the preset of your model (model=llama3|mistral|phi3|qwen model.path=...), "
+            "or model=hf model.path=... for any other"
+        )
+
+
+def load_model(cfg, tokenizer) -> torch.nn.Module:
+    """The base model of cfg.path in cfg.dtype, quantized as cfg.quantization, on cfg.device,
+    in eval mode."""
+    local = resolve(cfg.path)
+    source = str(local) if local else cfg.path
     dtype = DTYPES[cfg.dtype]
     quantization = {
         "none": None,
@@ -88,19 +141,52 @@ def load_base(cfg) -> tuple[torch.nn.Module, object]:
         ),
         "int8": BitsAndBytesConfig(load_in_8bit=True),
     }[cfg.quantization]
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=dtype,
-        quantization_config=quantization,
-        device_map={"": 0} if cuda and quantization else None,
-        trust_remote_code=cfg.trust_remote_code,
-    )
-    if cuda and quantization is None:
-        model = model.cuda()
+    device = resolve_device(cfg.device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            quantization_config=quantization,
+            device_map={"": device} if quantization else None,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except SafetensorError as e:
+        raise ConfigError(
+            f"model.path={cfg.path!r}: the weights in {source} are damaged ({e}); download or copy them again"
+        ) from None
+    if quantization is None:
+        model = model.to(device)
+    for module in model.modules():
+        # bitsandbytes repacks a 4-bit weight for a faster CPU kernel at its first inference
+        # pass, and that kernel keeps no autograd graph: training after a debate would then
+        # get no gradient through the base weights and, with a bias, fail in place
+        # ("a view of a leaf Variable ... in-place operation"). Keep the trainable layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     log.info("loaded %s (%s, quantization %s) on %s", source, cfg.dtype, cfg.quantization, model.device)
-    return model.eval(), tokenizer
+    return model.eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    """model.device: auto = the first GPU if there is one, else the CPU; or a torch device name."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"model.device={name!r}: expected auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={name!r}: no CUDA device is available here")
+    return torch.device("cuda", device.index or 0) if device.type == "cuda" else device
+
+
+def context_length(cfg, model) -> int:
+    """cfg.context_length, or the model's own maximum (max_position_embeddings) when None."""
+    length = cfg.context_length or getattr(model.config, "max_position_embeddings", None)
+    if not length:
+        raise ConfigError("model.context_length=null and the model's config has no maximum: set it")
+    return length
 
 
 def lora_config(cfg, init: bool | str = True) -> LoraConfig:

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 BOXED = "Put your final answer in the form \\boxed{answer} at the end of your response."
+AGENT_ID = "You are agent {id}."  # the unique-ID ablation (debate.agent_ids)
+# What a round m>1 message asks of an agent, by debate.style ({them}: the others' solutions,
+# or their summary). critical: Du et al.'s debate, the others' answers are advice to weigh
+# against one's own; cooperative: the paper's cooperative variant, build on them together.
+DEBATE_ASKS = {
+    "critical": "Using {them} as additional advice, give an updated answer.",
+    "cooperative": "You are working together with these agents: build on their reasoning rather "
+    "than critiquing it, and give an updated answer.",
+}
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,14 @@ class Task:
         return list(self._splits[name])
 
     # --- prompts --------------------------------------------------------------------
-    def prompt(self, problem: Problem) -> list[Message]:
-        """Round 1: the question, asking for a boxed final answer."""
-        text = self.instruction.format(question=problem.question)
-        return [{"role": "user", "content": f"{text} {BOXED}"}]
+    def prompt(self, problem: Problem, agent: int | None = None) -> list[Message]:
+        """Round 1: the question, asking for a boxed final answer. With `agent` (0-based) the
+        message first tells that agent its id (the unique-ID ablation); in the user message,
+        since some chat templates (Mistral, Gemma) have no system role."""
+        text = f"{self.instruction.format(question=problem.question)} {BOXED}"
+        if agent is not None:
+            text = f"{text} {AGENT_ID.format(id=agent + 1)}"
+        return [{"role": "user", "content": text}]
 
     def hint_prompt(self, problem: Problem) -> list[Message]:
         """STaR rationalisation: the round-1 prompt plus the true answer as a hint."""
@@ -66,13 +79,13 @@ class Task:
         return [{"role": "user", "content": f"{text} (Hint: the answer is {problem.answer}.)"}]
 
     @staticmethod
-    def debate_prompt(others: list[str]) -> Message:
+    def debate_prompt(others: list[str], style: str = "critical") -> Message:
         """Round m>1 without summarisation: the other agents' round m-1 answers verbatim."""
         shown = "".join(f"\n\nOne agent solution: {text}" for text in others)
         return {
             "role": "user",
             "content": f"These are solutions from other agents:{shown}\n\n"
-            f"Using them as additional advice, give an updated answer. {BOXED}",
+            f"{DEBATE_ASKS[style].format(them='them')} {BOXED}",
         }
 
     @staticmethod
@@ -89,12 +102,12 @@ class Task:
         ]
 
     @staticmethod
-    def summary_prompt(summary: str) -> Message:
+    def summary_prompt(summary: str, style: str = "critical") -> Message:
         """Round m>1 with summarisation: the summary of the other agents' answers."""
         return {
             "role": "user",
             "content": f"Here is a summary of solutions from other agents:\n\n{summary}\n\n"
-            f"Using it as additional advice, give an updated answer. {BOXED}",
+            f"{DEBATE_ASKS[style].format(them='it')} {BOXED}",
         }
 
     # --- grading --------------------------------------------------------------------
@@ -187,23 +200,45 @@ def _gsm_problem(record: dict, id_: str, where: str) -> Problem:
     return Problem(id_, record["question"].strip(), grading.format_number(value))
 
 
+def _math_level(record: dict, where: str) -> int | None:
+    """The difficulty: "Level 3" (Hendrycks) or 3 (PRM800K/MATH500); None for "Level ?"."""
+    level = record.get("level")
+    if isinstance(level, int) and not isinstance(level, bool):
+        return level
+    if not isinstance(level, str) or not level.startswith("Level"):
+        raise DataError(f"{where}: field level must be 'Level N' or an integer, got {level!r}")
+    level = level.removeprefix("Level").strip()
+    return int(level) if level.isdigit() else None
+
+
 def _math_problem(record: dict, id_: str, where: str, levels: list[int]) -> Problem | None:
-    """A MATH problem at one of the wanted levels, else None (also for 'Level ?')."""
-    _require(record, ("problem", "level", "type", "solution"), where)
-    level = record["level"].replace("Level", "").strip()
-    if not level.isdigit() or int(level) not in levels:
+    """A MATH problem at one of the wanted levels, else None.
+
+    Gold is the solution's last \\boxed answer (the `answer` field of PRM800K files when the
+    solution has none); PRM800K's `unique_id` (test/algebra/1.json) becomes the id.
+    """
+    _require(record, ("problem", "solution"), where)
+    if _math_level(record, where) not in levels:
         return None
-    answer = grading.extract_boxed(record["solution"])
-    if answer is None:
+    answer = grading.extract_boxed(record["solution"]) or record.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
         log.warning("%s: solution has no \\boxed answer; skipped", where)
         return None
+    if isinstance(record.get("unique_id"), str):
+        id_ = record["unique_id"].removesuffix(".json")
     return Problem(id_, record["problem"].strip(), grading.normalize(answer))
 
 
-def _local_parts(root: Path) -> dict[str, list[tuple[dict, str, str]]]:
+def parse_problem(task: str, record: dict, id_: str, where: str, levels: list[int]) -> Problem | None:
+    """One record of a gsm or math file as a Problem (None: filtered out or no answer)."""
+    return _gsm_problem(record, id_, where) if task == "gsm" else _math_problem(record, id_, where, levels)
+
+
+def read_local(path: str, key: str = "task.path") -> dict[str, list[tuple[dict, str, str]]]:
     """{'train'|'test'|'all': [(record, id, where)]} from a JSONL file or a directory."""
+    root = find(path) or Path(path).expanduser()
     if not root.exists():
-        raise DataError(f"task.path={str(root)!r} does not exist")
+        raise DataError(f"{key}={path!r} does not exist")
     if root.is_file():
         return {"all": [(r, f"{root.stem}/{n}", f"{root}:{n}") for n, r in read_jsonl(root)]}
     parts: dict[str, list] = {}
@@ -218,7 +253,7 @@ def _local_parts(root: Path) -> dict[str, list[tuple[dict, str, str]]]:
             ]
     if not parts:
         raise DataError(
-            f"task.path={str(root)!r} holds no data: expected train.jsonl/test.jsonl, "
+            f"{key}={path!r} holds no data: expected train.jsonl/test.jsonl, "
             "train/<subject>/*.json and test/<subject>/*.json, or a .jsonl file"
         )
     return parts
@@ -237,7 +272,7 @@ def _read_json(path: Path) -> dict:
 def _hub_parts(cfg: Any) -> dict[str, list[tuple[dict, str, str]]]:
     how = {
         "gsm": "task.path=<folder with GSM8K's train.jsonl and test.jsonl>",
-        "math": "task.path=<MATH folder with train/<subject>/*.json and test/...>",
+        "math": "task.path=<MATH folder with train/<subject>/*.json and test/..., or a JSONL file>",
     }[cfg.name]
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
     if offline or not cfg.hf_id:
@@ -260,7 +295,18 @@ def _hub_parts(cfg: Any) -> dict[str, list[tuple[dict, str, str]]]:
 
 
 def _draw(pools: dict[str, list[Problem]], n_train: int, n_eval: int, seed: int) -> dict[str, list[Problem]]:
-    """Eval first, then train: from separate test/train pools, or disjointly from one pool."""
+    """Eval first, then train: from separate test/train pools, or disjointly from one pool.
+
+    A train question that is also a test question (same text) is dropped from train."""
+    if "train" in pools and "test" in pools:
+        tested = {p.question for p in pools["test"]}
+        train = [p for p in pools["train"] if p.question not in tested]
+        if len(train) < len(pools["train"]):
+            log.info(
+                "%d train questions are also test questions: left out of train",
+                len(pools["train"]) - len(train),
+            )
+        pools = {**pools, "train": train}
     rng = random.Random(seed)
     shuffled = {k: rng.sample(v, len(v)) for k, v in sorted(pools.items())}
     if "all" in shuffled or "test" not in shuffled or "train" not in shuffled:
@@ -276,6 +322,10 @@ def _draw(pools: dict[str, list[Problem]], n_train: int, n_eval: int, seed: int)
     return {"eval": shuffled["test"][:n_eval], "train": shuffled["train"][:n_train]}
 
 
+def _every(parts: dict[str, list]) -> list:
+    return [record for records in parts.values() for record in records]
+
+
 def load_task(cfg: Any) -> Task:
     """Build the configured task with its train/eval splits. Accepts cfg.task or cfg."""
     cfg = cfg.task if "task" in cfg else cfg
@@ -285,12 +335,12 @@ def load_task(cfg: Any) -> Task:
         return Arithmetic({"eval": pool[: cfg.n_eval], "train": pool[cfg.n_eval :]})
     if cfg.name not in ("gsm", "math"):
         raise DataError(f"unknown task {cfg.name!r}: expected arithmetic, gsm or math")
-    raw = _local_parts(find(cfg.path) or Path(cfg.path).expanduser()) if cfg.path else _hub_parts(cfg)
-    pools: dict[str, list[Problem]] = {}
-    for part, records in raw.items():
-        if cfg.name == "gsm":
-            pools[part] = [_gsm_problem(r, i, w) for r, i, w in records]
-        else:
-            pools[part] = [p for r, i, w in records if (p := _math_problem(r, i, w, list(cfg.levels)))]
+    raw = read_local(cfg.path) if cfg.path else _hub_parts(cfg)
+    if cfg.get("eval_path"):  # e.g. MATH500: eval on that file, train on the rest of task.path
+        raw = {"train": _every(raw), "test": _every(read_local(cfg.eval_path, key="task.eval_path"))}
+    pools = {
+        part: [p for r, i, w in records if (p := parse_problem(cfg.name, r, i, w, list(cfg.levels)))]
+        for part, records in raw.items()
+    }
     task_class = GSM if cfg.name == "gsm" else MATH
     return task_class(_draw(pools, cfg.n_train, cfg.n_eval, cfg.seed))

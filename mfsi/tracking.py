@@ -8,7 +8,10 @@
 W&B runs one run per Hydra job, grouped by cfg.logger.group, with its files inside the
 run directory. Mode: cfg.logger.mode if set, else $WANDB_MODE, else online only when an
 API key is configured (offline otherwise, so a missing key never blocks a run). The run id
-is kept in the run directory so a resumed job continues the same W&B run.
+is kept in the run directory so a resumed job continues the same W&B run. W&B never ends
+a run: when it cannot start online within cfg.logger.init_timeout seconds (unreachable
+server, bad key) the run logs offline, with the command to upload it later; when it fails
+later, the run goes on without it. metrics.jsonl holds every row either way.
 """
 
 from __future__ import annotations
@@ -48,37 +51,84 @@ def transcript(record: dict) -> str:
     )
 
 
+def start_wandb(cfg: DictConfig, run_dir: Path, verbose: bool = False):
+    """A W&B run for this job, offline if it cannot start online; None if it cannot start at all."""
+    import wandb
+
+    id_file = Path(run_dir) / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else ""
+    if not run_id.isalnum():  # new, or damaged: a new W&B run
+        run_id = uuid.uuid4().hex[:8]
+        rundir.write_text(id_file, run_id)
+    settings = dict(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        name=f"{cfg.name}-{Path(run_dir).name}",
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    mode = wandb_mode(cfg.logger.mode)
+    try:
+        run = wandb.init(
+            mode=mode,
+            settings=wandb.Settings(init_timeout=cfg.logger.init_timeout, silent=not verbose),
+            **settings,
+        )
+        if mode == "online":
+            log.info("W&B run: %s", run.url)
+        return run
+    except Exception as e:  # CommError, AuthenticationError, UsageError, timeouts, ...
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        wandb.teardown()  # the failed run still holds its id in W&B's service
+    if mode != "online":
+        log.warning("W&B could not start (%s): this run goes on without it", problem)
+        return None
+    try:
+        run = wandb.init(mode="offline", settings=wandb.Settings(silent=not verbose), **settings)
+    except Exception as e:
+        log.warning("W&B could not start, not even offline (%s): this run goes on without it", e)
+        return None
+    folder = Path(run.dir).parent
+    log.warning(
+        "W&B could not start online (%s): logging offline; upload later with: wandb sync %s", problem, folder
+    )
+    return run
+
+
 class Tracker:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.wandb = None
-        if cfg.logger.name != "wandb":
-            return
-        import wandb
-
-        id_file = Path(run_dir) / "wandb_id.txt"
-        if not id_file.exists():
-            rundir.write_text(id_file, uuid.uuid4().hex[:8])
-        self.wandb = wandb.init(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            group=cfg.logger.group,
-            name=f"{cfg.name}-{Path(run_dir).name}",
-            id=id_file.read_text().strip(),
-            resume="allow",
-            dir=str(run_dir),
-            mode=wandb_mode(cfg.logger.mode),
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
+        if cfg.logger.name == "wandb":
+            self.wandb = start_wandb(cfg, run_dir, cfg.verbose)
 
     def logged(self) -> list[dict]:
-        return rundir.read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+        """The rows logged so far; a damaged line is left out (with a warning), so its
+        evaluation is computed again, and the next row written drops it from the file."""
+        return rundir.read_jsonl(self.metrics_path, skip_damaged=True) if self.metrics_path.exists() else []
 
     def log(self, row: dict, records: list[dict]) -> None:
-        """Append row to metrics.jsonl; to W&B: per-round accuracy, scalars, transcripts."""
-        rundir.append_jsonl(self.metrics_path, row)
+        """Add row to metrics.jsonl (in place of an earlier row of the same evaluation, whose
+        debate was redone); to W&B: per-round accuracy, scalars, transcripts."""
+        key = (row["iteration"], row["split"])
+        rows = [r for r in self.logged() if (r["iteration"], r["split"]) != key]
+        rundir.write_jsonl(self.metrics_path, sorted([*rows, row], key=lambda r: r["iteration"]))
         if self.wandb is None:
             return
+        try:
+            self._log_wandb(row, records)
+        except Exception as e:
+            self._lost(e)
+
+    def _lost(self, error: Exception) -> None:
+        """W&B failed during the run: go on without it (metrics.jsonl has every row)."""
+        log.warning("W&B failed (%s): this run goes on without it; metrics.jsonl has every row", error)
+        self.wandb = None
+
+    def _log_wandb(self, row: dict, records: list[dict]) -> None:
         split, step = row["split"], row["iteration"]
         scalars = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         data = {f"{split}/{k}": v for k, v in scalars.items()}
@@ -103,15 +153,22 @@ class Tracker:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({key: wandb.Image(str(path))})
+            try:
+                self.wandb.log({key: wandb.Image(str(path))})
+            except Exception as e:
+                self._lost(e)
 
     def finish(self) -> None:
-        if self.wandb is not None:
-            offline = self.wandb.settings.mode == "offline"
-            folder = Path(self.wandb.dir).parent
+        if self.wandb is None:
+            return
+        offline = self.wandb.settings.mode == "offline"
+        folder = Path(self.wandb.dir).parent
+        try:
             self.wandb.finish()
-            if offline:
-                print(f"W&B offline run: {folder} (upload with: wandb sync {folder})")
+        except Exception as e:
+            self._lost(e)
+        if offline:
+            print(f"W&B offline run: {folder} (upload with: wandb sync {folder})")
 
 
 def _figure():

@@ -9,16 +9,21 @@
 `examples` come from mfsi.selection. Only the named adapter's parameters require grad
 and reach the optimizer, so the base and every other adapter stay bit-identical. The
 model's active adapter, requires_grad flags, train/eval mode and gradient-checkpointing
-state are restored afterwards, so generation can continue on the same object.
+state are restored afterwards, so generation can continue on the same object, which
+never leaves its device: training runs on the model's device (finetune.trainer "auto"),
+and Lightning's moves of its module (to the device at setup, to the CPU at teardown) are
+turned off.
 
 Choices:
-- Conversations are tokenised with mfsi.chat.render, the function generation uses. The
-  loss covers the assistant tokens (incl. the end token) of assistant turns numbered
-  >= loss_from_turn; a critic example (loss_from_turn=1) does not learn the generator's
-  round-1 answer.
+- Conversations are tokenised with mfsi.chat.render, the function generation uses, with
+  the model's own chat template: an example is laid out as generation saw its last turn
+  (that turn's prompt, then its answer). The loss covers the assistant tokens (the answer
+  and the template's end-of-turn tokens up to where generation stops) of assistant turns
+  numbered >= loss_from_turn; a critic example (loss_from_turn=1) does not learn the
+  generator's round-1 answer.
 - An example longer than finetune.max_length tokens is skipped, counted and logged:
   cutting it would drop the final answer, the part the data was selected for.
-- precision "auto": bf16-mixed on a GPU with bf16, else 32-true. The trained adapter's
+- precision "auto": bf16-mixed for a model on a GPU with bf16, else 32-true. The trained adapter's
   weights are kept in fp32 whatever the base dtype (AdamW updates in half precision
   lose small steps).
 - A 4-bit base needs no peft.prepare_model_for_kbit_training here: its work (freezing
@@ -32,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -41,29 +46,42 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mfsi.chat import render
-from mfsi.errors import DataError
+from mfsi.chat import end_ids, render
+from mfsi.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of tokens without loss (the cross-entropy ignore_index)
 
 
-def encode(tokenizer, example: dict) -> dict[str, list[int]]:
-    """input_ids and labels: the token itself on assistant turns >= loss_from_turn, else -100."""
-    rendered = render(tokenizer, example["messages"], train=True)
+def encode(tokenizer, example: dict, stop: Collection[int] | None = None) -> dict[str, list[int]]:
+    """input_ids and labels: the token itself on assistant turns >= loss_from_turn (each its
+    answer and end-of-turn tokens up to the first of `stop`), else -100."""
+    rendered = render(
+        tokenizer, example["messages"], train=True, stop=stop, from_turn=example["loss_from_turn"]
+    )
     ids, mask = rendered["input_ids"], rendered["assistant_masks"]
-    turn, labels = -1, []
-    for i, (token, is_assistant) in enumerate(zip(ids, mask)):
-        if is_assistant and (i == 0 or not mask[i - 1]):  # a new run of assistant tokens
-            turn += 1
-        labels.append(token if is_assistant and turn >= example["loss_from_turn"] else IGNORE)
-    if turn < example["loss_from_turn"]:
+    if not any(mask):
         raise DataError(
-            f"example {example['id']!r}: no assistant tokens to learn from; the chat template must "
-            "mark assistant turns with {% generation %} ... {% endgeneration %}"
+            f"example {example['id']!r}: no assistant tokens to learn from (no assistant turn "
+            f"numbered >= loss_from_turn={example['loss_from_turn']}, or the chat template renders it empty)"
         )
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": [token if m else IGNORE for token, m in zip(ids, mask)]}
+
+
+def check_encodable(tokenizer, stop: Collection[int], examples: list[dict]) -> None:
+    """Encode examples as training will, raising what training would raise, so that a chat
+    template training cannot use fails at start-up; warn when a learned turn does not end
+    on a `stop` token, since generation would then never end an answer there."""
+    for example in examples:
+        labels = [label for label in encode(tokenizer, example, stop)["labels"] if label != IGNORE]
+        if labels[-1] not in stop:
+            log.warning(
+                "the chat template ends an assistant turn with %r, which is not a token generation "
+                "stops at (%s): answers will run to generation.max_new_tokens",
+                tokenizer.decode(labels[-1:]),
+                tokenizer.convert_ids_to_tokens(sorted(stop)),
+            )
 
 
 def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -96,6 +114,12 @@ class AdapterModule(pl.LightningModule):
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self.step_losses: list[float] = []
         self._pending: list[torch.Tensor] = []  # micro-batch losses of the current optimizer step
+
+    def _apply(self, fn, recurse: bool = True):
+        """Lightning moves its module to the training device at setup and to the CPU at
+        teardown. This module's model is the society's, which generation goes on using, so
+        it stays where it is: the trainer runs on the model's device (`trainer_devices`)."""
+        return self
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
@@ -145,12 +169,46 @@ def only_adapter_trainable(model, adapter: str, checkpointing: bool) -> Iterator
         model.train(was_training)
 
 
-def resolve_precision(trainer_cfg: Any) -> str:
-    """'auto' -> bf16-mixed on a GPU with bf16, else 32-true; anything else as given."""
+def trainer_devices(trainer_cfg: Any, device: torch.device) -> dict[str, Any]:
+    """Lightning's accelerator and devices: "auto" means the model's own device, alone."""
+    accelerator, devices = trainer_cfg.accelerator, trainer_cfg.devices
+    if accelerator == "auto":
+        accelerator = "gpu" if device.type == "cuda" else device.type
+    if devices == "auto":
+        devices = [device.index or 0] if device.type == "cuda" else 1
+    return {"accelerator": accelerator, "devices": devices}
+
+
+def resolve_precision(trainer_cfg: Any, device: torch.device) -> str:
+    """'auto' -> bf16-mixed for a model on a GPU with bf16, else 32-true; anything else as given."""
     if trainer_cfg.precision != "auto":
         return trainer_cfg.precision
-    gpu = trainer_cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def placement(trainer_cfg: Any, device: torch.device) -> dict[str, Any]:
+    """Lightning's accelerator, devices, strategy and precision from cfg.finetune.trainer."""
+    return {
+        **trainer_devices(trainer_cfg, device),
+        "strategy": trainer_cfg.strategy,
+        "precision": resolve_precision(trainer_cfg, device),
+    }
+
+
+def check_trainer(trainer_cfg: Any, device: torch.device) -> None:
+    """ConfigError unless Lightning accepts cfg.finetune.trainer for a model on `device` (a
+    Trainer is built, not run)."""
+    try:
+        pl.Trainer(
+            **placement(trainer_cfg, device),
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except Exception as e:  # Lightning raises ValueError, MisconfigurationException, RuntimeError
+        settings = ", ".join(f"{k}={v!r}" for k, v in trainer_cfg.items())
+        raise ConfigError(f"finetune.trainer ({settings}): {e}") from None
 
 
 def train_adapter(
@@ -169,7 +227,8 @@ def train_adapter(
     log_dir is Lightning's root directory (a temporary one by default); nothing else is
     written there unless a Lightning `logger` is given.
     """
-    encoded = [encode(tokenizer, e) for e in examples]
+    stop = end_ids(model, tokenizer)
+    encoded = [encode(tokenizer, e, stop) for e in examples]
     kept = [e for e in encoded if len(e["input_ids"]) <= cfg.max_length]
     skipped = len(encoded) - len(kept)
     if skipped:
@@ -185,6 +244,7 @@ def train_adapter(
     if not kept:
         log.warning("%s: no examples to train on; the adapter is left as it is", adapter)
         return {**result, "steps": 0, "losses": []}
+    device = next(model.parameters()).device
     pl.seed_everything(seed, workers=True, verbose=False)
     loader = DataLoader(
         kept,
@@ -198,10 +258,7 @@ def train_adapter(
         only_adapter_trainable(model, adapter, cfg.gradient_checkpointing),
     ):
         trainer = pl.Trainer(
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
-            strategy=cfg.trainer.strategy,
-            precision=resolve_precision(cfg.trainer),
+            **placement(cfg.trainer, device),
             max_epochs=cfg.epochs,
             accumulate_grad_batches=cfg.accumulate,
             gradient_clip_val=cfg.max_grad_norm or None,

@@ -2,10 +2,12 @@
 
     majority(["18", "18.0", "7", None], task.equivalent, key="0/arith/1+2")  # -> "18"
 
-Equivalent answers form one cluster (represented by its first member); unparsed answers
-(None) do not vote; a tie between the largest clusters is broken by a random choice
-seeded with `key` (run seed + question id), so it is stable across reruns and does not
-favour any string order (the official code picks the alphabetically first).
+Answers are clustered in order of appearance: each joins the first cluster whose first
+member it is equivalent to, so `equivalent` must be symmetric (task graders are). Unparsed
+answers (None) do not vote. The majority answer is the largest cluster's first member; when
+several clusters tie for largest, `random.Random(key).choice` picks one of them (listed in
+order of appearance), seeded with `key` (run seed + question id): stable across reruns, and
+blind to how the answers are spelt (the official code picks the alphabetically first).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def clusters(answers: Sequence[str | None], equivalent: Callable[[str, str], boo
 
 
 def majority(answers: Sequence[str | None], equivalent: Callable[[str, str], bool], key: str) -> str | None:
-    """The most common answer up to equivalence; None when no answer parsed."""
+    """The first member of the largest cluster (a seeded choice among tied ones); None if none parsed."""
     groups = clusters(answers, equivalent)
     if not groups:
         return None

@@ -2,17 +2,31 @@
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from transformers import LlamaForCausalLM
 
+from mfsi import loop, rundir
 from mfsi.charlm import build_tokenizer, llama_config
+from mfsi.config import register
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is fastest, and much faster when the cores are busy
+    (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +55,63 @@ def family_model_dir(tmp_path_factory):
         return built[name]
 
     return get
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [  # a small run on the shipped tiny model: 3 agents, 2 rounds, one finetuning iteration
+    "task.n_train=8",
+    "task.n_eval=4",
+    "iterations=1",
+    "logger=none",
+    "finetune.epochs=1",
+    "finetune.batch_size=4",
+    "evaluation.diversity_questions=2",
+]
+
+
+@pytest.fixture(scope="session")
+def make():
+    """make(*overrides): the config `python run.py <SMALL> <overrides>` runs with."""
+
+    def compose_small(*overrides):
+        register()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose("config", overrides=[*SMALL, *overrides])
+
+    return compose_small
+
+
+@pytest.fixture(scope="session")
+def finished_run(make, tmp_path_factory):
+    """(run directory, summary) of one uninterrupted run of make(). Copy it before changing it."""
+    run_dir = tmp_path_factory.mktemp("finished")
+    return run_dir, loop.run(make(), run_dir)
+
+
+TIMING = {"seconds"}  # the only values allowed to differ between identical runs
+# Bookkeeping that differs between identical runs: when each start happened, the lock, and
+# the done markers (they hold the checksums of the debates' stats files, timing included).
+BOOKKEEPING = ("config_history.jsonl", ".lock", ".done.json")
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    """snapshot(run_dir): every file of a run directory (plots, summary and bookkeeping aside),
+    timing fields dropped: equal for runs that must have come out the same."""
+
+    def untimed(obj):
+        return {k: v for k, v in obj.items() if k not in TIMING} if isinstance(obj, dict) else obj
+
+    def files(run_dir: Path) -> dict[str, object]:
+        found = {}
+        for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(BOOKKEEPING)):
+            key = str(path.relative_to(run_dir))
+            if path.suffix == ".jsonl":
+                found[key] = [untimed(r) for r in rundir.read_jsonl(path)]
+            elif path.suffix == ".json" and key != "summary.json":
+                found[key] = untimed(rundir.read_json(path))
+            elif path.suffix != ".png" and key != "summary.json":
+                found[key] = path.read_bytes()
+        return found
+
+    return files

@@ -91,6 +91,7 @@ def test_typos_fail_at_composition(override):
         ("finetune.critic_weight=1.5", "finetune.critic_weight"),
         ("model.quantization=nf5", "model.quantization"),
         ("finetune.init=scratch", "finetune.init"),
+        ("debate.style=hostile", "debate.style"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
@@ -176,6 +177,18 @@ def test_ablation_shapes():
     assert make("+ablation=single_agent_ft").method.shared is True
     no_debate = make("+ablation=single_agent_ft_no_debate")
     assert (no_debate.evaluation.agents, no_debate.evaluation.rounds, no_debate.debate.rounds) == (1, 1, 2)
+    unique_id = make("+ablation=unique_id")
+    assert (unique_id.method.selection, unique_id.method.shared, unique_id.debate.agent_ids) == (
+        "single_agent",
+        True,
+        True,
+    )
+    assert make("+ablation=cooperative").debate.style == "cooperative"
+    assert (make().debate.style, make().debate.agent_ids) == ("critical", False)
+    # the Table 2 preset sweeps both
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=["+experiment=table2"], return_hydra_config=True)
+    assert {"unique_id", "cooperative"} <= set(hydra_cfg.hydra.sweeper.params["+ablation"].split(","))
     transfer = make("+experiment=transfer", "task=arithmetic")
     assert (transfer.task.name, transfer.eval_task.name, transfer.variant) == (
         "arithmetic",

@@ -60,10 +60,10 @@ class Scripted(Backend):
         return texts
 
 
-def debate(agents=3, rounds=3, summarize=False, room=None):
+def debate(agents=3, rounds=3, summarize=False, room=None, **options):
     backend = Scripted(room)
     pairs = [(f"gen{n}", f"critic{n}") for n in range(agents)]
-    return run_debate(TASK, PROBLEMS, backend, pairs, rounds, summarize, seed=0), backend
+    return run_debate(TASK, PROBLEMS, backend, pairs, rounds, summarize, seed=0, **options), backend
 
 
 def test_rounds_are_batched_and_played_by_generator_then_critic():
@@ -129,6 +129,19 @@ def test_a_lone_agent_reflects_instead_of_debating():
     records, backend = debate(agents=1, rounds=2, summarize=True)
     assert len(backend.calls) == 2  # no summary call
     assert records[0]["conversations"][0][2] == REFLECT
+
+
+@pytest.mark.parametrize("summarize", [False, True])
+def test_agent_ids_and_the_cooperative_style_reach_every_agents_conversation(summarize):
+    records, backend = debate(agents=3, rounds=2, summarize=summarize, style="cooperative", agent_ids=True)
+    plain, _ = debate(agents=3, rounds=2, summarize=summarize)
+    for r, default in zip(records, plain):
+        for n, (conversation, usual) in enumerate(zip(r["conversations"], default["conversations"])):
+            assert conversation[0]["content"] == f"{usual[0]['content']} You are agent {n + 1}."
+            assert "build on their reasoning" in conversation[2]["content"]
+            assert "additional advice" in usual[2]["content"]
+    asked = [messages for _, messages in backend.calls[-1]]  # what the critics were given
+    assert asked == [c[:3] for r in records for c in r["conversations"]]
 
 
 def test_real_backend_debates_end_to_end(tiny_model_dir):

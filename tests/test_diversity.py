@@ -1,11 +1,13 @@
 """Diversity metrics on constructed debates: known zeros, known orderings, batching = one by one."""
 
+import logging
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mfsi.chat import render
+from mfsi.chat import cut_prompt, render
 from mfsi.diversity import embedding_dissimilarity, model_diversity, round1_conversation
 
 
@@ -105,3 +107,27 @@ def test_base_model_without_adapters(tiny_model_dir, tokenizer):
     scores = model_diversity(base, tokenizer, RECORDS, [None, None, None])
     assert scores["kl_divergence"] == 0 and scores["kl_from_base"] == 0
     assert scores["likelihood_diversity"] > 0
+
+
+def test_a_prompt_longer_than_the_context_is_cut_as_generation_cuts_it(model, tokenizer, caplog):
+    """A 225k-character question: scored with its prompt cut to prompt_room tokens as
+    generation cut it (the middle goes), instead of one forward over 225k positions."""
+    question = "1+" * 112_500 + "1"
+    rendered = render(tokenizer, round1_conversation(record(question, ["2"], ["2"]), 0), train=True)
+    prompt = rendered["assistant_masks"].index(1)
+    cut = cut_prompt(rendered, room=100)
+    assert cut["assistant_masks"].index(1) == 100  # the prompt is 100 tokens
+    for key, values in rendered.items():  # its first and last 50 tokens, then the answer
+        assert cut[key] == values[:50] + values[prompt - 50 :]
+    assert cut_prompt(rendered, room=10**6) == rendered
+
+    long = record(question, ["2+1 = \\boxed{3}", "\\boxed{3}", "3"], ["3", "3", "3"])
+    with caplog.at_level(logging.WARNING):
+        scores = model_diversity(model, tokenizer, [long], ["gen0", "gen1", "gen2"], prompt_room=100)
+    assert "3 prompts longer than the context lost their middle" in caplog.text
+    assert scores["kl_divergence"] > 0 and scores["likelihood_diversity"] > 0
+    # Prompts that fit are scored as before.
+    adapters = ["gen0", "gen1", "gen2"]
+    assert model_diversity(model, tokenizer, RECORDS, adapters, prompt_room=1000) == pytest.approx(
+        model_diversity(model, tokenizer, RECORDS, adapters)
+    )

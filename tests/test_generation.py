@@ -347,7 +347,9 @@ def test_the_next_round_reuses_the_last_with_the_llama3_template(family_model_di
     # without summaries; with summaries the call in between also rolled them away.
     model, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=str(family_model_dir("llama3")))))
     task = load_task(OmegaConf.structured(TaskConfig(n_train=0, n_eval=4, seed=0)))
-    cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=16, batch_size=16))
+    # One row per batch: a batch prefills from one column for all its rows, so rows of other
+    # lengths would recompute part of what the store found for them (not counted as reused).
+    cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=16, batch_size=1))
     b = make(model, tokenizer, cfg, context_length=1024)
     run_debate(task, task.split("eval"), b, [(None, None)] * 3, 2, summarize, seed=0)
     round_one = sum(len(b._render(task.prompt(p))) for p in task.split("eval")) * 3

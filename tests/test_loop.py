@@ -1,63 +1,20 @@
 """The finetuning loop end to end on the shipped tiny model: files, methods, kill and resume."""
 
+import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from mfsi import loop, rundir, training
-from mfsi.config import register
 from mfsi.errors import ConfigError, DataError
 from mfsi.selection import agrees
 from mfsi.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "task.n_train=8",
-    "task.n_eval=4",
-    "iterations=1",
-    "logger=none",
-    "finetune.epochs=1",
-    "finetune.batch_size=4",
-    "evaluation.diversity_questions=2",
-]
-TIMING = {"seconds"}  # the only values allowed to differ between identical runs
 
 
-def make(*overrides):
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*SMALL, *overrides])
-
-
-def snapshot(run_dir: Path) -> dict[str, object]:
-    """Every file of a run directory (plots and summary aside), timing fields dropped."""
-
-    def untimed(obj):
-        return {k: v for k, v in obj.items() if k not in TIMING} if isinstance(obj, dict) else obj
-
-    files = {}
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
-        key = str(path.relative_to(run_dir))
-        if path.suffix == ".jsonl":
-            files[key] = [untimed(r) for r in rundir.read_jsonl(path)]
-        elif path.suffix == ".json" and key != "summary.json":
-            files[key] = untimed(rundir.read_json(path))
-        elif path.suffix != ".png" and key != "summary.json":
-            files[key] = path.read_bytes()
-    return files
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted multiagent run: 3 agents, 2 rounds, one finetuning iteration."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    summary = loop.run(make(), run_dir)
-    return run_dir, summary
-
-
-def test_one_iteration_writes_the_run_directory(reference):
-    run_dir, summary = reference
+def test_one_iteration_writes_the_run_directory(finished_run):
+    run_dir, summary = finished_run
     for name in (
         "config.yaml",
         "splits.json",
@@ -67,7 +24,11 @@ def test_one_iteration_writes_the_run_directory(reference):
         "iter_0/debate_eval.jsonl",
         "iter_0/debate_train.jsonl",
         "iter_1/data/sizes.json",
+        "iter_1/data.done.json",
+        "iter_1/adapters/gen0.done.json",
         "iter_1/debate_eval.jsonl",
+        "iter_1/debate_eval.done.json",
+        "config_history.jsonl",
     ):
         assert (run_dir / name).is_file(), name
     rows = rundir.read_jsonl(run_dir / "metrics.jsonl")
@@ -99,8 +60,8 @@ def test_one_iteration_writes_the_run_directory(reference):
     assert summary["final"]["iteration"] == 1
 
 
-def test_each_generator_learns_only_its_own_agreeing_answers(reference):
-    run_dir, _ = reference
+def test_each_generator_learns_only_its_own_agreeing_answers(finished_run, make):
+    run_dir, _ = finished_run
     task = load_task(make().task)
     records = rundir.read_jsonl(run_dir / "iter_0/debate_train.jsonl")
     sizes = rundir.read_json(run_dir / "iter_1/data/sizes.json")
@@ -119,9 +80,9 @@ class Killed(Exception):
 
 
 def test_killed_between_stages_and_inside_training_resumes_to_the_same_files(
-    reference, tmp_path, monkeypatch
+    finished_run, make, snapshot, tmp_path, monkeypatch
 ):
-    reference_dir, _ = reference
+    reference_dir, _ = finished_run
     with monkeypatch.context() as patch:  # killed after the debates, before selection
         patch.setattr(loop, "selection_stage", lambda *a, **k: (_ for _ in ()).throw(Killed()))
         with pytest.raises(Killed):
@@ -142,30 +103,67 @@ def test_killed_between_stages_and_inside_training_resumes_to_the_same_files(
         patch.setattr(training.AdapterModule, "training_step", dies_in_second_adapter)
         with pytest.raises(Killed):
             loop.run(make(), tmp_path)
-    assert len(list((tmp_path / "iter_1/adapters").iterdir())) == 1  # one adapter finished
+    assert len(list((tmp_path / "iter_1/adapters").glob("*.done.json"))) == 1  # one adapter finished
 
     loop.run(make(), tmp_path)
     assert snapshot(tmp_path) == snapshot(reference_dir)
 
 
-def test_a_finished_run_is_not_redone(reference):
-    run_dir, summary = reference
-    stamps = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")}
+def test_a_finished_run_is_not_redone(finished_run, make):
+    run_dir, summary = finished_run
+
+    def stamps():
+        return {
+            p: p.stat().st_mtime_ns
+            for p in run_dir.rglob("*.json*")
+            if p.name not in (loop.HISTORY, "summary.json")
+        }
+
+    before, starts = stamps(), len(rundir.read_jsonl(run_dir / loop.HISTORY))
     assert loop.run(make(), run_dir)["final"] == summary["final"]
-    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")} == stamps
+    assert stamps() == before
+    assert len(rundir.read_jsonl(run_dir / loop.HISTORY)) == starts + 1  # each start is recorded
 
 
-def test_resume_with_a_changed_config_names_the_difference(reference):
-    run_dir, _ = reference
+def test_resume_with_a_changed_config_names_the_difference(finished_run, make):
+    run_dir, _ = finished_run
     with pytest.raises(ConfigError, match=r"finetune.critic_weight: 0.5 -> 0.7"):
         loop.run(make("finetune.critic_weight=0.7"), run_dir)
+
+
+def test_a_run_made_before_a_config_key_existed_resumes_when_it_holds_its_default(
+    finished_run, make, tmp_path
+):
+    run_dir, _ = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    (old / loop.HISTORY).unlink()  # a run made before the history, and before debate.agent_ids
+    config = (old / "config.yaml").read_text()
+    assert "  agent_ids: false\n" in config
+    (old / "config.yaml").write_text(config.replace("  agent_ids: false\n", ""))
+    loop.check_resume(make(), old)  # the default is what that run did
+    with pytest.raises(ConfigError, match=r"debate.agent_ids: False -> True"):
+        loop.check_resume(make("debate.agent_ids=true"), old)
+
+
+def test_unique_ids_and_cooperative_prompts_are_debated_and_trained_on(make, tmp_path):
+    loop.run(make("+ablation=unique_id", "debate.style=cooperative"), tmp_path)
+    assert set(rundir.read_json(tmp_path / "iter_1/data/sizes.json")) == {"gen0", "critic0"}
+    for split in ("train", "eval"):
+        for record in rundir.read_jsonl(tmp_path / f"iter_0/debate_{split}.jsonl"):
+            for n, conversation in enumerate(record["conversations"]):
+                assert conversation[0]["content"].endswith(f"You are agent {n + 1}.")
+                assert "build on their reasoning" in conversation[2]["content"]
+    data = rundir.read_jsonl(tmp_path / "iter_1/data/gen0.jsonl")  # all agents' data, with their ids
+    assert {e["messages"][0]["content"][-2] for e in data} > {"1"}
+    assert rundir.read_jsonl(tmp_path / "metrics.jsonl")[-1]["variant"] == "unique_id"
 
 
 @pytest.mark.parametrize(
     "method,adapters",
     [("single_agent_ft", {"gen0", "critic0"}), ("majority_ft", {"gen0"}), ("star", {"gen0"})],
 )
-def test_baselines_train_one_shared_pair(method, adapters, tmp_path):
+def test_baselines_train_one_shared_pair(method, adapters, make, tmp_path):
     # STaR asks one agent once and the tiny model ignores hints: ~20% of questions give
     # data, so 8 give none with probability 0.8^8 = 17%; 40 make that 1e-4 (at little cost).
     more = ["task.n_train=40"] if method == "star" else []
@@ -177,19 +175,19 @@ def test_baselines_train_one_shared_pair(method, adapters, tmp_path):
         assert (tmp_path / "iter_0/rationalisations.jsonl").exists()
 
 
-def test_without_critics_only_generators_are_trained(tmp_path):
+def test_without_critics_only_generators_are_trained(make, tmp_path):
     loop.run(make("method.train_critics=false", "iterations=1"), tmp_path)
     assert set(rundir.read_json(tmp_path / "iter_1/data/sizes.json")) == {"gen0", "gen1", "gen2"}
 
 
-def test_nothing_to_learn_stops_clearly_and_keeps_iteration_0(tiny_model_dir, tmp_path):
+def test_nothing_to_learn_stops_clearly_and_keeps_iteration_0(tiny_model_dir, make, tmp_path):
     # A random model parses no answer, so no question has a majority and no data exists.
     with pytest.raises(DataError, match="nothing to learn"):
         loop.run(make(f"model.path={tiny_model_dir}", "generation.max_new_tokens=8"), tmp_path)
     assert len(rundir.read_jsonl(tmp_path / "metrics.jsonl")) == 1
 
 
-def test_transfer_finetunes_on_one_task_and_evaluates_on_another(tmp_path):
+def test_transfer_finetunes_on_one_task_and_evaluates_on_another(make, tmp_path):
     gsm = ROOT / "tests" / "fixtures" / "gsm"
     cfg = make("+experiment=transfer", "task=arithmetic", f"eval_task.path={gsm}", "eval_task.n_eval=3")
     loop.run(cfg, tmp_path)
@@ -202,7 +200,20 @@ def test_transfer_finetunes_on_one_task_and_evaluates_on_another(tmp_path):
     assert asked <= gsm_questions and not trained_on & gsm_questions
 
 
-def test_prompt_lookup_drafts_are_counted_in_the_metrics(tmp_path):
+def test_prompt_lookup_drafts_are_counted_in_the_metrics(make, tmp_path):
     loop.run(make("method=debate", "generation.lookup_tokens=8"), tmp_path)
     row = rundir.read_jsonl(tmp_path / "metrics.jsonl")[0]
     assert 0 < row["accepted_tokens"] <= row["drafted_tokens"]
+
+
+def test_a_chat_template_training_cannot_read_stops_the_run_before_any_debate(make, tmp_path):
+    template = (ROOT / "models" / "tiny-arith" / "chat_template.jinja").read_text()
+    bad = tmp_path / "bad.jinja"  # the generation prompt ends in a newline no answer has
+    bad.write_text(
+        template.replace(
+            "{% if add_generation_prompt %}<|assistant|>", "{% if add_generation_prompt %}<|assistant|>\n"
+        )
+    )
+    with pytest.raises(ConfigError, match="model.chat_template"):
+        loop.run(make(f"model.chat_template={bad}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -30,7 +30,7 @@ PROMPT_END = {
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_loads_with_its_template_tokens_and_end_tokens(family, family_model_dir):
-    cfg = OmegaConf.structured(ModelConfig(path=str(family_model_dir(family))))
+    cfg = OmegaConf.structured(ModelConfig(name="hf", path=str(family_model_dir(family))))
     model, tokenizer = load_base(cfg)
     assert tokenizer.apply_chat_template(CHAT, tokenize=False) == RENDERED[family]
     prompt = tokenizer.apply_chat_template(CHAT[:1], tokenize=False, add_generation_prompt=True)
@@ -47,7 +47,10 @@ def test_each_family_loads_with_its_template_tokens_and_end_tokens(family, famil
 
 
 def test_architectures_keep_what_matters(family_model_dir):
-    load = lambda name: load_base(OmegaConf.structured(ModelConfig(path=str(family_model_dir(name)))))[0]  # noqa: E731
+    def load(name):
+        cfg = ModelConfig(name="hf", path=str(family_model_dir(name)))
+        return load_base(OmegaConf.structured(cfg))[0]
+
     llama = load("llama3")
     assert llama.config.num_key_value_heads < llama.config.num_attention_heads  # grouped-query attention
     attention = load("qwen2").model.layers[0].self_attn

@@ -1,8 +1,11 @@
 """The report on synthetic run directories: exact cells, missing and partial runs, all files."""
 
 import json
+import random
+import re
 import sys
 
+import pytest
 import yaml
 
 from mfsi import report
@@ -12,6 +15,7 @@ FILES = [
     "table1.md",
     "table2.md",
     "table4.md",
+    "iterations.md",
     "accuracy_by_iteration.png",
     "diversity_by_iteration.png",
     "accuracy_by_round.png",
@@ -19,12 +23,25 @@ FILES = [
 ]
 
 
-def make_run(root, name, method, task, accuracies, model="phi3", stderr=0.01, iterations=None, **extra):
-    """A run directory as the loop writes it: config.yaml and metrics.jsonl (plus a train row)."""
+def make_run(
+    root,
+    name,
+    method,
+    task,
+    accuracies,
+    model="phi3",
+    stderr=0.01,
+    iterations=None,
+    seed=None,
+    more=None,
+    **extra,
+):
+    """A run directory as the loop writes it: config.yaml and metrics.jsonl (plus a train row).
+    more: per iteration, more keys for that row (per-question results)."""
     path = root / name
     path.mkdir(parents=True)
     iterations = len(accuracies) - 1 if iterations is None else iterations
-    config = {"task": {"name": task}, "model": {"name": model}, "method": {"name": method}}
+    config = {"task": {"name": task}, "model": {"name": model}, "method": {"name": method}, "seed": seed}
     (path / "config.yaml").write_text(yaml.safe_dump({**config, "iterations": iterations, "agents": 3}))
     rows = [{"iteration": 0, "split": "train", "accuracy": 0.0}]  # must be ignored
     for i, accuracy in enumerate(accuracies):
@@ -50,6 +67,7 @@ def make_run(root, name, method, task, accuracies, model="phi3", stderr=0.01, it
                 "kl_divergence": 0.1 * i,
                 "kl_from_base": None,  # not computed
                 **extra,
+                **(more[i] if more else {}),
             }
         )
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -92,7 +110,10 @@ def test_tables_cells_and_files(tmp_path):
     assert "| phi3 | Base | 88.30 ± 1.44 | – | – |" in table1
     assert "|  | Debate | 96.20 ± 0.86 | – | – |" in table1
     assert "|  | STaR | – | – | – |" in table1
-    assert "|  | Multiagent FT (ours) | 99.40 ± 0.35 | 85.00 ± 5.00 (2 runs) | 55.00 ± 1.00 * |" in table1
+    assert (
+        "|  | Multiagent FT (ours) | 99.40 ± 0.35 | 85.00 ± 5.00 (2 runs: 80.0, 90.0) | 55.00 ± 1.00 * |"
+        in table1
+    )
     assert table1.index("| mistral | Base | – | – | – |") < table1.index(
         "| phi3 | Base | 88.30 ± 1.44 | – | – |"
     )
@@ -157,3 +178,155 @@ def test_tables_as_of_an_earlier_iteration(tmp_path):
     assert "| single-agent FT | 55.00 ± 1.00 |" in table2
     assert "| without critics | 50.00 ± 1.00 * |" in table2
     assert "| phi3 | Base | – | – | 45.00 ± 1.00 |" in lines_of(tmp_path / "out" / "table1.md")
+
+
+# --- statistics: synthetic runs with known effects ---------------------------------------
+def answers(seed, who, shift=0.0, n=500):
+    """0/1 results of `who` on n questions whose ease is shared by every method of a seed
+    (paired results correlate); shift moves every question's chance of being right (a
+    planted effect)."""
+    ease = random.Random(seed)
+    chances = [ease.random() for _ in range(n)]
+    draw = random.Random(f"{seed}/{who}/{shift}")
+    return [int(draw.random() < p + shift) for p in chances]
+
+
+def paired_rows(seed, correct, agreeing=None):
+    agreeing = agreeing or [3] * len(correct)
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "consensus": sum(agreeing) / 3 / len(agreeing),
+        "questions": f"questions-of-seed-{seed}",
+        "per_question": {"correct": correct, "agreeing": agreeing, "embedding_dissimilarity": None},
+    }
+
+
+def seeded_run(root, variant, seed, shifts, method="multiagent_ft", agreeing=None):
+    """A run with per-question results at each iteration (one shift per iteration); at
+    iteration 0 every method is the same base society, so it answers alike."""
+    rows = [
+        paired_rows(seed, answers(seed, variant if i else "base", s), agreeing and agreeing(seed, i))
+        for i, s in enumerate(shifts)
+    ]
+    make_run(
+        root,
+        f"{variant}/seed{seed}",
+        method,
+        "arithmetic",
+        [r["accuracy"] for r in rows],
+        model="tiny",
+        seed=seed,
+        more=rows,
+        variant=variant,
+    )
+
+
+DELTA = re.compile(r"([+-]\d+\.\d+) \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\](?:, p (< 0.001|= [\d.]+))?")
+
+
+def delta(line):
+    """(Δ, low, high, p) of the first comparison in a table line."""
+    found = DELTA.search(line)
+    assert found, line
+    est, low, high, p = found.groups()
+    return float(est), float(low), float(high), p and (0.0 if p == "< 0.001" else float(p[2:]))
+
+
+def row_of(path, start):
+    return next(line for line in lines_of(path) if line.startswith(start))
+
+
+def test_a_planted_difference_is_found_and_no_difference_is_not(tmp_path):
+    for seed in range(3):
+        seeded_run(tmp_path, "multiagent_ft", seed, [0.0, 0.0])
+        seeded_run(tmp_path, "no_critics", seed, [0.0, -0.08])  # 8 points worse: found
+        seeded_run(tmp_path, "no_summary", seed, [0.0, 0.0])  # the same chances: not found
+    seeded_run(tmp_path, "single_agent_ft", 5, [0.0, 0.0])  # another seed: nothing to pair with
+    make_run(tmp_path, "old", "multiagent_ft", "arithmetic", [0.4, 0.5], model="tiny", variant="unique_id")
+    build_report([tmp_path], tmp_path / "out")
+
+    table2 = tmp_path / "out" / "table2.md"
+    assert "| variant | tiny | Δ vs multiagent FT: tiny |" in lines_of(table2)
+    assert row_of(table2, "| multiagent FT |").endswith(
+        "(3 runs: "
+        + ", ".join(f"{100 * sum(answers(seed, 'multiagent_ft')) / 500:.1f}" for seed in range(3))
+        + ") | reference |"
+    )
+    est, low, high, p = delta(row_of(table2, "| without critics |"))
+    assert -11 < est < -5 and high < 0 and p < 0.001
+    assert "(3 seeds: " in row_of(table2, "| without critics |")
+    est, low, high, p = delta(row_of(table2, "| without summary |"))
+    assert low < 0 < high and p > 0.05
+    assert row_of(table2, "| single-agent FT |").endswith("| unpaired |")
+    assert row_of(table2, "| one model, unique ID per agent |").endswith("| unpaired |")  # no per-question
+    assert "exact McNemar test pooled over seeds" in table2.read_text()
+
+
+def test_runs_without_per_question_results_get_no_comparison(tmp_path):
+    make_run(tmp_path, "ours", "multiagent_ft", "math", [0.5, 0.6])
+    make_run(tmp_path, "single", "single_agent_ft", "math", [0.5, 0.55])
+    build_report([tmp_path], tmp_path / "out")
+    table2 = (tmp_path / "out" / "table2.md").read_text()
+    assert "| variant | phi3 |\n" in table2 and "Δ" not in table2
+    assert "No paired comparison" in table2
+
+
+def test_iterations_table_compares_accuracy_and_consensus_by_iteration(tmp_path):
+    def agreeing(more):  # 3 agents; `more`: the share of questions where all three agree
+        return lambda seed, i: [
+            3 if random.Random(f"{seed}/{q}/{i}").random() < more * i else 2 for q in range(500)
+        ]
+
+    for seed in range(3):
+        seeded_run(tmp_path, "multiagent_ft", seed, [0.0, 0.0, 0.0], agreeing=agreeing(0.1))
+        seeded_run(tmp_path, "single_agent_ft", seed, [0.0, 0.0, 0.0], "single_agent_ft", agreeing(0.3))
+    build_report([tmp_path], tmp_path / "out")
+    table = tmp_path / "out" / "iterations.md"
+    assert "## arithmetic · tiny: single-agent FT (variant) vs multiagent FT" in lines_of(table)
+    assert row_of(table, "| 0 |").count("+0.00 [+0.00, +0.00], p = 1.000") == 1  # the same base society
+    for i in (1, 2):
+        cells = [c.strip("| ") for c in row_of(table, f"| {i} |").split(" | ")]
+        est, low, high, p = delta(cells[3])  # accuracy: the same chances
+        assert low < 0 < high and p > 0.05
+        est, low, high, _ = delta(cells[5])  # consensus: a third more often unanimous
+        assert est == pytest.approx(0.2 * i / 3, abs=0.03) and low > 0
+        ours, theirs = map(float, cells[4].split(" / "))  # the mean consensus of each
+        assert theirs - ours == pytest.approx(est, abs=0.002)
+        mean = f"{0.3 - 0.01 * i:.3f}"  # means from the rows, but no per-question values to pair
+        assert cells[6] == f"{mean} / {mean}" and cells[7] == "unpaired"
+
+
+def test_several_seeds_draw_a_band_and_one_run_error_bars():
+    from matplotlib.collections import PolyCollection
+
+    seeds = report.Line("seeds", [0, 1], [40.0, 42.0], [1.0, 1.5], (([0, 1], [39, 41]), ([0, 1], [41, 43])))
+    single = report.Line("one run", [0, 1], [40.0, 41.0], [2.2, 2.2])
+    fig = report.figure({"arithmetic": [seeds, single]}, "iteration", "accuracy")
+    ax = fig.axes[0]
+    [band] = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(39.0)  # mean - sem at iteration 0
+    assert len(ax.containers) == 1  # the single run's error bars
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["seeds (2 runs)", "one run"]
+
+
+def test_an_unreadable_run_is_skipped_and_paths_without_runs_are_named(tmp_path, monkeypatch, capsys, caplog):
+    make_run(tmp_path / "runs", "good", "debate", "gsm", [0.5])
+    make_run(tmp_path / "runs", "cut", "debate", "math", [0.5, 0.6])
+    metrics = tmp_path / "runs" / "cut" / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-20])  # a copy cut short
+    make_run(tmp_path / "runs", "bad-config", "debate", "math", [0.5])
+    (tmp_path / "runs" / "bad-config" / "config.yaml").write_text("iterations: [1\n")
+    (tmp_path / "empty").mkdir()
+    paths = [tmp_path / "runs", tmp_path / "empty", tmp_path / "misspelt"]
+    monkeypatch.setattr(sys, "argv", ["mfsi.report", *map(str, paths), "--out", str(tmp_path / "out")])
+    report.main()  # the command: a warning each, the report of the readable run
+    assert "1 runs" in capsys.readouterr().out
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{tmp_path / 'empty'}: no runs (no metrics.jsonl)",
+        f"{tmp_path / 'misspelt'}: no such file or folder",
+        f"{tmp_path / 'runs' / 'bad-config'}: cannot be read "
+        f"({tmp_path / 'runs' / 'bad-config' / 'config.yaml'}: damaged, not valid YAML): run skipped",
+        f"{tmp_path / 'runs' / 'cut'}: cannot be read ({metrics}:3: damaged, not valid JSON "
+        "(Unterminated string starting at)): run skipped",
+    ]

@@ -10,7 +10,15 @@ from omegaconf import OmegaConf
 from mfsi.charlm import CHAT_TEMPLATE
 from mfsi.config import LoraConfig, ModelConfig
 from mfsi.errors import ConfigError
-from mfsi.society import Society, load_base, roles
+from mfsi.society import (
+    Society,
+    check_preset,
+    context_length,
+    load_base,
+    load_tokenizer,
+    resolve_device,
+    roles,
+)
 
 LORA = OmegaConf.structured(LoraConfig(r=4, alpha=8, dropout=0.0))
 
@@ -75,3 +83,32 @@ def test_roles_fall_back_to_the_base_model_and_share_for_single_agent():
     assert roles(2, shared=False, trained=["gen0", "gen1"]) == [("gen0", None), ("gen1", None)]  # no critics
     with pytest.raises(ConfigError, match="agents=0"):
         roles(0, shared=False, trained=())
+
+
+def test_the_device_setting_defaults_to_the_first_gpu_else_the_cpu(tiny_model_dir):
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert resolve_device("auto") == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    model, _ = load_base(model_cfg(tiny_model_dir, device="cpu"))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    with pytest.raises(ConfigError, match="model.device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:1")
+
+
+def test_a_real_model_under_the_tiny_preset_is_refused_and_its_context_is_its_own(
+    family_model_dir, tiny_model_dir
+):
+    """model.path=... without model=... would keep the tiny model's 1024-token context, 112
+    new tokens and batch 64, silently: refused; model=hf reads the context from the model."""
+    folder = family_model_dir("llama3")
+    with pytest.raises(ConfigError, match="model=hf"):
+        check_preset(model_cfg(folder, name="tiny"), load_tokenizer(model_cfg(folder)))
+    check_preset(model_cfg(tiny_model_dir, name="tiny"), load_tokenizer(model_cfg(tiny_model_dir)))
+    cfg = model_cfg(folder, name="hf")
+    model, _ = load_base(cfg)
+    assert cfg.context_length is None and context_length(cfg, model) == model.config.max_position_embeddings
+    cfg.context_length = 512
+    assert context_length(cfg, model) == 512

@@ -5,10 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mfsi.config import register
 from mfsi.errors import DataError
-from mfsi.tasks import load_task
+from mfsi.grading import extract_boxed, normalize
+from mfsi.tasks import Arithmetic, Problem, Task, load_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -109,6 +112,83 @@ def test_math_all_levels_and_jsonl():
     assert len(task.split("train")) + len(task.split("eval")) == 11
 
 
+def prm800k_form(record: dict, unique_id: str) -> dict:
+    """A Hendrycks record as PRM800K/MATH500 writes it: int level, subject, answer, unique_id."""
+    return {
+        "problem": record["problem"],
+        "solution": record["solution"],
+        "answer": extract_boxed(record["solution"]),
+        "subject": record["type"],
+        "level": int(record["level"].removeprefix("Level ")),
+        "unique_id": unique_id,
+    }
+
+
+def hendrycks_records() -> list[dict]:
+    """The 11 records of fixtures/math.jsonl with a known level."""
+    lines = (FIXTURES / "math.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["level"] != "Level ?"]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_math_prm800k_jsonl_with_int_levels(tmp_path):
+    records = [prm800k_form(r, f"test/algebra/{i}.json") for i, r in enumerate(hendrycks_records())]
+    path = write_jsonl(tmp_path / "test.jsonl", records)
+    wanted = [r for r in records if r["level"] <= 3]
+    task = load_task(task_cfg(name="math", path=str(path), n_train=len(wanted) - 2, n_eval=2))
+    problems = task.split("train") + task.split("eval")
+    assert {p.id for p in problems} == {r["unique_id"].removesuffix(".json") for r in wanted}
+    assert {p.answer for p in problems} == {normalize(r["answer"]) for r in wanted}
+
+
+def test_math_folder_with_train_and_test_jsonl_in_either_form(tmp_path):
+    records = hendrycks_records()
+    write_jsonl(tmp_path / "train.jsonl", records[:7])  # Hendrycks: "Level N", type
+    write_jsonl(
+        tmp_path / "test.jsonl", [prm800k_form(r, f"test/x/{i}.json") for i, r in enumerate(records[7:])]
+    )
+    task = load_task(task_cfg(name="math", path=str(tmp_path), levels=[1, 2, 3, 4, 5], n_train=7, n_eval=4))
+    assert {p.id.split("/")[0] for p in task.split("train")} == {"train"}
+    assert {p.id for p in task.split("eval")} == {f"test/x/{i}" for i in range(4)}
+
+
+def test_eval_path_trains_on_the_rest_of_path(tmp_path):
+    # MATH500's way: evaluate on one file, train on every other question of task.path.
+    records = hendrycks_records()
+    held_out = write_jsonl(
+        tmp_path / "m500.jsonl", [prm800k_form(r, f"test/a/{i}.json") for i, r in enumerate(records[:3])]
+    )
+    cfg = task_cfg(
+        name="math", path=str(FIXTURES / "math.jsonl"), levels=[1, 2, 3, 4, 5], n_train=8, n_eval=3
+    )
+    task = load_task(OmegaConf.merge(cfg, {"eval_path": str(held_out)}))
+    assert {p.question for p in task.split("eval")} == {r["problem"].strip() for r in records[:3]}
+    assert {p.question for p in task.split("train")} == {r["problem"].strip() for r in records[3:]}
+    with pytest.raises(DataError, match="n_train = 9 but the train data has only 8"):
+        load_task(OmegaConf.merge(cfg, {"eval_path": str(held_out), "n_train": 9}))
+    with pytest.raises(DataError, match="task.eval_path='/no/such.jsonl' does not exist"):
+        load_task(OmegaConf.merge(cfg, {"eval_path": "/no/such.jsonl"}))
+
+
+def test_math500_preset_loads_with_its_paths_overridden(tmp_path):
+    register()
+    held_out = write_jsonl(
+        tmp_path / "m500.jsonl",
+        [prm800k_form(r, f"test/a/{i}.json") for i, r in enumerate(hendrycks_records()[:3])],
+    )
+    overrides = ["+experiment=math500", f"task.path={FIXTURES / 'math'}", f"task.eval_path={held_out}"]
+    with initialize_config_dir(config_dir=str(FIXTURES.parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "task.n_eval=3", "task.n_train=5"])
+    task = load_task(cfg)
+    assert cfg.task.levels == [1, 2, 3, 4, 5] and cfg.variant == "multiagent_ft_math500"
+    assert {p.id for p in task.split("eval")} == {"test/a/0", "test/a/1", "test/a/2"}
+    assert len(task.split("train")) == 5
+
+
 def test_prompts_ask_for_boxed_answers_and_show_other_agents():
     task = load_task(task_cfg())
     problem = task.split("eval")[0]
@@ -121,6 +201,31 @@ def test_prompts_ask_for_boxed_answers_and_show_other_agents():
     assert "x is 3" in request and problem.question in request
     assert "the summary" in task.summary_prompt("the summary")["content"]
     assert problem.answer in task.hint_prompt(problem)[0]["content"]
+
+
+def test_default_prompts_are_unchanged_and_variants_change_only_their_part():
+    # Byte for byte: the committed results and the embedded model were made with these.
+    problem = Problem("q", "1+2*3+4-5*6", "-19")
+    boxed = r"Put your final answer in the form \boxed{answer} at the end of your response."
+    plain = f"What is the result of 1+2*3+4-5*6? {boxed}"
+    assert Arithmetic({}).prompt(problem) == [{"role": "user", "content": plain}]
+    ask = "Using {} as additional advice, give an updated answer. "
+    shown = "These are solutions from other agents:\n\nOne agent solution: A\n\nOne agent solution: B\n\n"
+    assert Task.debate_prompt(["A", "B"]) == {"role": "user", "content": shown + ask.format("them") + boxed}
+    summary = "Here is a summary of solutions from other agents:\n\nS\n\n"
+    assert Task.summary_prompt("S") == {"role": "user", "content": summary + ask.format("it") + boxed}
+
+    # unique ID: the agent's 1-based id after the default prompt, in the user message
+    assert Arithmetic({}).prompt(problem, agent=1) == [
+        {"role": "user", "content": f"{plain} You are agent 2."}
+    ]
+    # cooperative: the same message, asking to build on the others instead
+    cooperative = (
+        "You are working together with these agents: build on their reasoning rather than "
+        f"critiquing it, and give an updated answer. {boxed}"
+    )
+    assert Task.debate_prompt(["A", "B"], "cooperative")["content"] == shown + cooperative
+    assert Task.summary_prompt("S", "cooperative")["content"] == summary + cooperative
 
 
 # --- bad input: a clear message, nothing loaded ---------------------------------------
@@ -149,6 +254,14 @@ def test_math_file_missing_solution(tmp_path):
     bad.write_text(json.dumps({"problem": "p", "level": "Level 1", "type": "Algebra"}))
     with pytest.raises(DataError, match=r"1\.json: missing or non-text field\(s\) solution"):
         load_task(task_cfg(name="math", path=str(tmp_path / "math")))
+
+
+def test_math_level_that_is_neither_text_nor_int(tmp_path):
+    record = {**hendrycks_records()[0], "level": 2.5}
+    with pytest.raises(
+        DataError, match=r"bad\.jsonl:1: field level must be 'Level N' or an integer, got 2\.5"
+    ):
+        load_task(task_cfg(name="math", path=str(write_jsonl(tmp_path / "bad.jsonl", [record]))))
 
 
 def test_not_enough_questions():

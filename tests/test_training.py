@@ -2,11 +2,16 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mfsi.config import FinetuneConfig
-from mfsi.training import IGNORE, encode, resolve_precision, train_adapter, warmup_cosine
+from mfsi.config import FinetuneConfig, ModelConfig
+from mfsi.config import LoraConfig as LoraSettings
+from mfsi.selection import sample_examples
+from mfsi.society import Society, load_base
+from mfsi.tasks import Arithmetic
+from mfsi.training import IGNORE, encode, resolve_precision, train_adapter, trainer_devices, warmup_cosine
 
 
 def gen(id_, question, answer):
@@ -28,13 +33,7 @@ CRITIC = {
 DATA = [gen("a", "1+1?", "2"), gen("b", "2+3?", "5"), gen("c", "4*4?", "16"), CRITIC]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is fastest, and much faster when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -140,4 +139,72 @@ def test_nf4_base_trains_one_adapter_on_cpu(tiny_model_dir, tokenizer):
 
 def test_schedule_and_precision():
     assert [round(warmup_cosine(s, warmup=2, total=6), 3) for s in range(6)] == [0.5, 1, 1, 0.854, 0.5, 0.146]
-    assert resolve_precision(finetune_cfg().trainer) == "32-true"
+    assert resolve_precision(finetune_cfg().trainer, torch.device("cpu")) == "32-true"
+
+
+def test_lightning_never_moves_the_model(tiny_model_dir, tokenizer, monkeypatch):
+    """Lightning moves its module to the device at setup and to the CPU after fit: the
+    society's model must stay where generation uses it (on a GPU, the CPU move cost 10x)."""
+    model = society(tiny_model_dir)
+    moved = []
+    apply = torch.nn.Module._apply
+
+    def spy(module, fn, recurse=True):
+        if module is model:
+            moved.append(fn)
+        return apply(module, fn, recurse)
+
+    monkeypatch.setattr(torch.nn.Module, "_apply", spy)
+    result = train_adapter(model, tokenizer, "gen0", DATA, finetune_cfg(), seed=0)
+    assert result["steps"] == 2 and not moved
+
+
+def test_training_runs_on_the_models_own_device_alone():
+    cfg = FinetuneConfig().trainer  # accelerator and devices "auto"
+    assert trainer_devices(cfg, torch.device("cpu")) == {"accelerator": "cpu", "devices": 1}
+    assert trainer_devices(cfg, torch.device("cuda", 1)) == {"accelerator": "gpu", "devices": [1]}
+    cfg.devices = "2"  # multi-GPU only when asked
+    assert trainer_devices(cfg, torch.device("cuda", 0)) == {"accelerator": "gpu", "devices": "2"}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_qlora_after_an_inference_pass_trains_as_without_one(family, family_model_dir):
+    """bitsandbytes repacks 4-bit weights for a CPU kernel without autograd at the first
+    inference pass (on CPUs with AVX512-BF16, like this one): training after a debate then
+    crashed on Qwen2's biases and lost the gradient through Llama's base weights."""
+    runs = []
+    for infer_first in (False, True):
+        cfg = OmegaConf.structured(
+            ModelConfig(name="hf", path=str(family_model_dir(family)), quantization="nf4")
+        )
+        team = Society(*load_base(cfg))
+        torch.manual_seed(0)
+        lora = OmegaConf.structured(LoraSettings(r=4, alpha=8))
+        team.add("gen0", lora)
+        team.add("critic0", lora, init=False)
+        if infer_first:  # as the debates before a finetuning stage do
+            with torch.inference_mode():
+                team.model(torch.tensor([[1, 2, 3]]))
+        before = snapshot(team.model)
+        examples = sample_examples(Arithmetic({}), summarize=False)
+        result = train_adapter(team.model, team.tokenizer, "gen0", examples, finetune_cfg(), seed=0)
+        changed = {name for name, p in team.model.named_parameters() if not torch.equal(p, before[name])}
+        assert changed and all(".gen0." in name for name in changed)  # the others stay bit-identical
+        runs.append((result["losses"], {name: team.model.get_parameter(name) for name in sorted(changed)}))
+    (losses, trained), (losses_after, trained_after) = runs
+    assert losses == losses_after
+    assert trained.keys() == trained_after.keys()
+    assert all(torch.equal(trained[name], trained_after[name]) for name in trained)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_model_stays_on_the_gpu_through_training(tiny_model_dir, tokenizer):
+    model = society(tiny_model_dir).cuda()
+    before = snapshot(model)
+    cfg = finetune_cfg()
+    cfg.trainer.accelerator = "auto"
+    result = train_adapter(model, tokenizer, "gen0", DATA, cfg, seed=0)
+    assert result["steps"] == 2
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters() if ".gen0." not in name)

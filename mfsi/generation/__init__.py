@@ -15,6 +15,7 @@ from __future__ import annotations
 from mfsi.generation.common import Backend, Request, Stats
 from mfsi.generation.hf import HFBackend
 from mfsi.generation.mfsi import MfsiBackend
+from mfsi.society import context_length
 
 BACKENDS = {"mfsi": MfsiBackend, "hf": HFBackend}
 
@@ -24,4 +25,5 @@ __all__ = ["BACKENDS", "Backend", "HFBackend", "MfsiBackend", "Request", "Stats"
 def make_backend(cfg, society) -> Backend:
     """The configured backend (cfg: the whole run config) over the society's current model."""
     backend = BACKENDS[cfg.generation.backend]
-    return backend(society.model, society.tokenizer, cfg.generation, cfg.model.context_length)
+    context = context_length(cfg.model, society.model)
+    return backend(society.model, society.tokenizer, cfg.generation, context)

@@ -13,7 +13,7 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
-from mfsi.chat import Message, render
+from mfsi.chat import Message, cut_prompt, end_ids, render
 from mfsi.errors import ConfigError
 from mfsi.fitting import Piece, fit
 
@@ -31,7 +31,7 @@ class Stats:
     cut_tokens: int = 0  # tokens those cuts took out
     truncated: int = 0  # prompts still too long, whose middle tokens the backend dropped
     prefilled: int = 0  # prompt tokens run through the model
-    reused: int = 0  # prompt tokens whose keys and values came from the previous call
+    reused: int = 0  # prompt tokens whose keys and values came from an earlier call, not recomputed
     drafted: int = 0  # tokens fed as prompt-lookup drafts
     accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -170,9 +170,7 @@ class LocalBackend(Backend):
                 f"model.context_length={context_length}: expected max_new_tokens < context_length"
             )
         self.stats = Stats()
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = sorted(set(eos) | {tokenizer.eos_token_id} - {None})
+        self.eos_ids = end_ids(model, tokenizer)
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         torch.manual_seed(seed)
@@ -223,7 +221,7 @@ class LocalBackend(Backend):
             log.warning(
                 "prompt of %d tokens: %d from its middle dropped to fit", len(ids), len(ids) - self.room
             )
-            ids = ids[: self.room // 2] + ids[len(ids) - (self.room - self.room // 2) :]
+            ids = cut_prompt({"input_ids": ids}, self.room)["input_ids"]
         return ids
 
     @torch.inference_mode()
