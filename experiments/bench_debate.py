@@ -40,6 +40,7 @@ class OneAtATime:
 
     def __init__(self, backend: Backend):
         self.backend = backend
+        self.fit = backend.fit
 
     def generate(self, requests, seed: int, desc: str = "") -> list[str]:
         return [self.backend.generate([r], seed=seed + i)[0] for i, r in enumerate(requests)]
@@ -50,6 +51,7 @@ class ByRound:
 
     def __init__(self, inner, stats):
         self.inner, self.stats = inner, stats
+        self.fit = inner.fit
         self.rounds: dict[str, dict] = {}
 
     def generate(self, requests, seed: int, desc: str = "") -> list[str]:
@@ -103,6 +105,8 @@ def bench(debate) -> dict:
         "seconds": seconds,
         "tokens_per_s": timed.stats.new_tokens / seconds,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_kv_cache_mb": timed.stats.peak_cache_bytes / 2**20,  # mfsi decoder
+        "largest_batch": timed.stats.largest_batch,
         **timed.stats.tokens(),  # new, prefilled, reused (mfsi decoder), drafted and kept (--lookup-tokens)
         "by_round": timed.rounds,
     }
@@ -117,6 +121,8 @@ def report(name: str, runs: list[dict]) -> dict:
     each = ", ".join(f"{s:.1f}" for s in result["seconds_of_runs"])
     print(f"{name:>9}: {tokens} tokens in {seconds:.1f} s = {rate:.0f} tok/s, peak RSS {peak:.0f} MB")
     print(f"{'':>11}median of runs of {each} s")
+    cache = f", KV cache peak {result['peak_kv_cache_mb']:.1f} MB" if result["peak_kv_cache_mb"] else ""
+    print(f"{'':>11}largest batch {result['largest_batch']}{cache}")
     if result["prefilled_tokens"]:
         prefilled, reused = result["prefilled_tokens"], result["reused_tokens"]
         print(f"{'':>11}prompt tokens prefilled {prefilled}, reused {reused}")

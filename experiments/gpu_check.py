@@ -8,10 +8,10 @@ query attention, the published chat template, the real 128256-token vocabulary) 
 each precision in --quantizations (default: nf4, then none = --dtype), loads it as a run
 does (model.path), adds 2N adapters (random, so that they differ), trains one with
 Lightning, checks that the model is still on its device and that the base and every other
-adapter are bit-identical, runs a short debate with adapters grouped by batch and then
-mixed in one batch, compares our decoder's greedy output with Hugging Face's generate, and
-records memory and tokens/s. Prints one JSON object (also written to --out) and exits 1
-when a check fails.
+adapter are bit-identical, runs a short debate with adapters grouped by batch, then mixed
+in one batch at --batch-size and at batch_size=auto, compares our decoder's greedy output
+with Hugging Face's generate, and records memory and tokens/s. Prints one JSON object
+(also written to --out) and exits 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -115,19 +115,26 @@ def check(args, folder: Path, quantization: str, device: torch.device) -> dict:
     problems = task.split("eval")
     players = roles(args.agents, shared=False, trained=society.adapters)
     out["debate"] = {}
-    for mixed in (False, True):
-        gen = GenerationConfig(
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, mixed_adapters=mixed
-        )
+    # Grouped by adapter, a batch holds one adapter's questions; mixed, all requests: there
+    # batch_size=auto (as many rows as fit the memory budget) is measured against --batch-size.
+    ways = {
+        "grouped": (False, args.batch_size),
+        "mixed": (True, args.batch_size),
+        "mixed_auto": (True, "auto"),
+    }
+    for way, (mixed, rows) in ways.items():
+        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=rows, mixed_adapters=mixed)
         backend = BACKENDS[gen.backend](
             model, tokenizer, OmegaConf.structured(gen), context_length=args.context_length
         )
         reset(device)
         _, seconds = timed(device, run_debate, task, problems, backend, players, args.rounds, False, seed=0)
-        out["debate"]["mixed" if mixed else "grouped"] = {
+        out["debate"][way] = {
             "seconds": seconds,
             "new_tokens": backend.stats.new_tokens,
             "tokens_per_s": round(backend.stats.new_tokens / seconds, 1),
+            "largest_batch": backend.stats.largest_batch,
+            "peak_kv_cache_gb": round(backend.stats.peak_cache_bytes / GB, 3),
             **memory(device),
         }
 

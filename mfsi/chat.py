@@ -102,10 +102,14 @@ def _not_extending(tokenizer: PreTrainedTokenizerBase, what: str) -> ConfigError
 
 
 def cut_prompt(rendered: dict[str, list[int]], room: int) -> dict[str, list[int]]:
-    """rendered with its prompt cut from the left to its last `room` tokens, as generation
-    cuts a prompt longer than the context leaves it. The prompt is what precedes the first
-    assistant token (all of a rendering without `assistant_masks`); every field is cut alike."""
+    """rendered with its prompt cut to `room` tokens by dropping its middle, as generation cuts
+    a prompt still too long for the context: the first room // 2 tokens (the system prompt,
+    the question) and the last ones (the latest instruction, the generation prompt) stay.
+    The prompt is what precedes the first assistant token (all of a rendering without
+    `assistant_masks`); every field is cut alike."""
     masks = rendered.get("assistant_masks")
     prompt = masks.index(1) if masks and 1 in masks else len(rendered["input_ids"])
-    cut = max(0, prompt - room)
-    return {key: values[cut:] for key, values in rendered.items()}
+    if prompt <= room:
+        return rendered
+    head, tail = room // 2, prompt - (room - room // 2)
+    return {key: values[:head] + values[tail:] for key, values in rendered.items()}

@@ -8,6 +8,7 @@ live in `validate`, which the entry point calls before doing any work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -64,15 +65,22 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 0.9
     max_new_tokens: int = 1024
-    batch_size: int = 32
+    # Rows per batch, or "auto": as many as fit memory_fraction of the free memory (the
+    # accelerator's, else the RAM), each row counted with the keys and values of its longest
+    # possible conversation (prompt + max_new_tokens) and its prefill activations
+    batch_size: Any = 32  # int | "auto"
+    memory_fraction: float = 0.5
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
     # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model) | vllm: vLLM's
     # multi-LoRA engine in this process | openai: any OpenAI-compatible endpoint (generation only)
     backend: str = "mfsi"
     decoder: str | None = None  # renamed generation.backend: a value here is an error that says so
     prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
-    # Keys and values of the last call's conversations, kept for the next debate round to
-    # extend (mfsi decoder; helps while an agent's generator and critic are the same model)
+    # The mfsi decoder's KV cache starts at the prompt plus this many positions and grows by
+    # as many whenever a row outgrows it, instead of reserving max_new_tokens for every row
+    cache_growth: int = 256
+    # Keys and values of the conversations of the two calls before, for prompts that begin
+    # like one (mfsi decoder: the next debate round, while generator and critic are one model)
     prefix_cache_mb: int = 2048  # 0 = off
     # Prompt lookup (mfsi decoder): each step also feeds up to lookup_tokens drafted tokens,
     # copied from what followed the row's last lookup_ngram tokens earlier in its context,
@@ -215,8 +223,13 @@ RANGES = {  # key: (test, what is expected)
     "generation.temperature": AT_LEAST_0,
     "generation.top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "generation.max_new_tokens": AT_LEAST_1,
-    "generation.batch_size": AT_LEAST_1,
+    "generation.batch_size": (
+        lambda v: v == "auto" or (type(v) is int and v >= 1),
+        "an integer >= 1 or auto (rows that fit generation.memory_fraction of the free memory)",
+    ),
+    "generation.memory_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "generation.prefill_chunk": AT_LEAST_1,
+    "generation.cache_growth": AT_LEAST_1,
     "generation.prefix_cache_mb": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "generation.lookup_tokens": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "generation.lookup_ngram": AT_LEAST_1,

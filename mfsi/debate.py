@@ -12,15 +12,23 @@ agent of a round sees a snapshot of the previous round, never a same-round answe
 official code updates agents in place and leaks). Each round is one batched backend call
 over all questions x agents, plus one call for the summaries.
 
+Prompts are built from pieces (mfsi.fitting) and cut by `backend.fit` when too long for
+the context: the question and the instructions stay, the middles of the other agents'
+answers (or of their summary) go first, then those of the agent's own earlier answers.
+
 A record: {"id", "question", "gold", "responses"[m][n], "answers"[m][n] (parsed or None),
-"majorities"[m], "majority" (= majorities[-1]), "correct", "conversations"[n]}.
+"majorities"[m], "majority" (= majorities[-1]), "correct", "conversations"[n] (each
+agent's whole debate, uncut), "summaries"[m-1][n] (rounds m > 1 with summarisation:
+{"request": the messages sent to the summariser, "summary"}; empty otherwise)}.
 """
 
 from __future__ import annotations
 
 import zlib
+from functools import partial
 
 from mfsi.chat import Message
+from mfsi.fitting import Piece, reply
 from mfsi.tasks import BOXED, Problem, Task
 from mfsi.voting import majority
 
@@ -44,14 +52,31 @@ def followups(
     summarize: bool,
     seed: int,
     style: str = "critical",
-):
-    """The round m>1 user message for each (question, agent), from round m-1's responses."""
-    others = [[[r for k, r in enumerate(prev) if k != n] for n in range(len(prev))] for prev in previous]
+) -> tuple[list[list[Piece]], list[list[dict]]]:
+    """The round m>1 user message for each (question, agent), from round m-1's responses, and
+    for each question the summariser's requests and summaries (none without summarising)."""
+    others = [[tuple(r for k, r in enumerate(prev) if k != n) for n in range(len(prev))] for prev in previous]
     if not summarize or len(previous[0]) < 2:  # a lone agent has no others to summarise
-        return [[task.debate_prompt(o, style) if o else REFLECT for o in per_q] for per_q in others]
-    requests = [(None, task.summary_request(p, o)) for p, per_q in zip(problems, others) for o in per_q]
-    summaries = iter(backend.generate(requests, seed=seed, desc="summaries"))
-    return [[task.summary_prompt(next(summaries), style) for _ in per_q] for per_q in others]
+        debate_prompt = partial(task.debate_prompt, style=style)
+        asks = [
+            [Piece(debate_prompt, o, rank=1) if o else Piece.fixed(REFLECT) for o in per_q]
+            for per_q in others
+        ]
+        return asks, [[] for _ in problems]
+    requests = [
+        backend.fit([Piece(partial(task.summary_request, p), o, rank=1)])
+        for p, per_q in zip(problems, others)
+        for o in per_q
+    ]
+    summaries = backend.generate([(None, r) for r in requests], seed=seed, desc="summaries")
+    agents = len(previous[0])
+    asked = [{"request": r, "summary": s} for r, s in zip(requests, summaries)]
+    asked = [asked[q * agents : (q + 1) * agents] for q in range(len(problems))]
+    asks = [
+        [Piece(lambda t: task.summary_prompt(t[0], style), (a["summary"],), rank=1) for a in per_q]
+        for per_q in asked
+    ]
+    return asks, asked
 
 
 def run_debate(
@@ -70,29 +95,36 @@ def run_debate(
     if not problems:
         return []
     conversations = [  # [q][n]
-        [task.prompt(p, n if agent_ids else None) for n in range(agents)] for p in problems
+        [[Piece.fixed(task.prompt(p, n if agent_ids else None))] for n in range(agents)] for p in problems
     ]
     responses: list[list[list[str]]] = [[] for _ in problems]  # [q][m][n]
+    summaries: list[list[list[dict]]] = [[] for _ in problems]  # [q][m-1][n]
     for m in range(rounds):
         if m > 0:
             previous = [r[m - 1] for r in responses]  # the snapshot every agent of round m sees
-            asks = followups(
+            asks, asked = followups(
                 task, problems, previous, backend, summarize, seed_for(seed, m, "summaries"), style
             )
             conversations = [[c + [a] for c, a in zip(cs, ask)] for cs, ask in zip(conversations, asks)]
+            for q, per_q in enumerate(asked):
+                if per_q:
+                    summaries[q].append(per_q)
         role = 0 if m == 0 else 1  # generator answers round 1, critic the rest
-        requests = [(roles[n][role], c) for cs in conversations for n, c in enumerate(cs)]
+        requests = [(roles[n][role], backend.fit(c)) for cs in conversations for n, c in enumerate(cs)]
         texts = backend.generate(requests, seed=seed_for(seed, m), desc=f"debate round {m + 1}/{rounds}")
         for q in range(len(problems)):
             answered = texts[q * agents : (q + 1) * agents]
             responses[q].append(answered)
-            conversations[q] = [
-                c + [{"role": "assistant", "content": t}] for c, t in zip(conversations[q], answered)
-            ]
-    return [record(task, p, r, c, seed) for p, r, c in zip(problems, responses, conversations)]
+            conversations[q] = [c + [Piece(reply, (t,), rank=2)] for c, t in zip(conversations[q], answered)]
+    return [
+        record(task, p, r, [[m for piece in c for m in piece.messages()] for c in cs], s, seed)
+        for p, r, cs, s in zip(problems, responses, conversations, summaries)
+    ]
 
 
-def record(task: Task, problem: Problem, responses: list[list[str]], conversations, seed: int) -> dict:
+def record(
+    task: Task, problem: Problem, responses: list[list[str]], conversations, summaries, seed: int
+) -> dict:
     """Parse every response, vote at every round, grade the final majority."""
     answers = [[task.extract_answer(t) for t in per_round] for per_round in responses]
     key = f"{seed}/{problem.id}"
@@ -107,4 +139,5 @@ def record(task: Task, problem: Problem, responses: list[list[str]], conversatio
         "majority": majorities[-1],
         "correct": task.is_correct(majorities[-1], problem.answer),
         "conversations": conversations,
+        "summaries": summaries,
     }

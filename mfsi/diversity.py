@@ -19,8 +19,8 @@ to question q, r_qn its round-1 response, and p_n the next-token distribution of
 Each response weighs the same whatever its length. With one agent the pairwise metrics are
 None; identical adapters give KL 0 and a likelihood diversity equal to the agents' own NLL.
 Cost: len(set(adapters) | {None}) teacher-forced passes over the N*len(records) responses,
-so callers may pass a subset of the records. A prompt longer than prompt_room tokens is cut
-from the left as generation cut it (mfsi.chat.cut_prompt), so the scored text fits the
+so callers may pass a subset of the records. A prompt longer than prompt_room tokens loses
+its middle as generation cut it (mfsi.chat.cut_prompt), so the scored text fits the
 context (prompt_room = context_length - max_new_tokens, as in generation).
 """
 
@@ -118,7 +118,7 @@ def model_diversity(
 
     adapters[n] is agent n's round-1 adapter (its generator), None = the base model; model is
     a PeftModel holding them, or the bare base model when every entry is None. Prompts are
-    cut to their last prompt_room tokens (None: never).
+    cut to prompt_room tokens as mfsi.chat.cut_prompt does (None: never).
     """
     items = [(r, k) for r in records for k in range(len(adapters))]
     values: dict[str, list[float]] = {name: [] for name in MODEL_BASED}
@@ -148,9 +148,7 @@ def model_diversity(
             values["kl_from_base"].append(_kl(own, logp[None][span]))
     model.train(was_training)
     if cut:
-        log.warning(
-            "diversity: %d prompts longer than the context were cut from the left, as in generation", cut
-        )
+        log.warning("diversity: %d prompts longer than the context lost their middle, as in generation", cut)
     return {key: sum(v) / len(v) if v else None for key, v in values.items()}
 
 

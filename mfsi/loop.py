@@ -72,6 +72,8 @@ RESUMABLE = (
     "logger.",
     "model.device",
     "generation.batch_size",
+    "generation.memory_fraction",
+    "generation.cache_growth",
     "generation.mixed_adapters",
     "generation.backend",
     "generation.decoder",  # renamed generation.backend; still in older run directories
@@ -450,13 +452,22 @@ def debate_stage(
             agent_ids=cfg.debate.agent_ids,
         )
     stats = {
+        "cut": generator.stats.cut,
+        "cut_tokens": generator.stats.cut_tokens,
         "truncated": generator.stats.truncated,
         "requests": generator.stats.requests,
         **generator.stats.tokens(),
         "seconds": round(time.time() - start, 2),
     }
+    if stats["cut"]:
+        log.warning(
+            "%d prompts were too long for the context: %d tokens from the middles of other agents' "
+            "answers (or summaries) and then of their own earlier answers were cut",
+            stats["cut"],
+            stats["cut_tokens"],
+        )
     if stats["truncated"]:
-        log.warning("%d prompts were longer than the context and cut from the left", stats["truncated"])
+        log.warning("%d prompts were still too long and lost tokens from their middle", stats["truncated"])
     rundir.write_json(stats_path, stats)
     rundir.write_jsonl(path, records)
     rundir.seal(done_marker(path), [path, stats_path], adapter_folders(run_dir, iteration))
@@ -507,6 +518,10 @@ def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: in
     holds each question's embedding dissimilarity. The model-based ones are None without
     local weights (generation through an API)."""
     generators = [g for g, _ in roles(agents, cfg.method.shared, society.adapters)]
+    # Scoring batches as generation's; with auto, model_diversity's own: its logits over the
+    # whole conversation are not what generation's memory budget counts.
+    rows = cfg.generation.batch_size
+    batch = {} if rows == "auto" else {"batch_size": rows}
     dissimilarity = embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder))
     model_based = dict.fromkeys(MODEL_BASED)
     if society.model is not None:
@@ -515,7 +530,7 @@ def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: in
             society.tokenizer,
             records[: cfg.evaluation.diversity_questions],
             generators,
-            batch_size=cfg.generation.batch_size,
+            **batch,
             prompt_room=context_length(cfg.model, society.model) - cfg.generation.max_new_tokens,
         )
     return {

@@ -12,10 +12,11 @@ from omegaconf import OmegaConf
 from mfsi.config import GenerationConfig, ModelConfig, register
 from mfsi.debate import REFLECT, run_debate
 from mfsi.errors import ConfigError
-from mfsi.generation import MfsiBackend
+from mfsi.fitting import CUT
+from mfsi.generation import Backend, MfsiBackend, Stats
 from mfsi.loop import run
 from mfsi.society import load_base, roles
-from mfsi.tasks import Arithmetic, Problem
+from mfsi.tasks import BOXED, Arithmetic, Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS = [Problem("q0", "1+1", "2"), Problem("q1", "2+3", "5")]
@@ -31,14 +32,20 @@ KEYS = [
     "majority",
     "correct",
     "conversations",
+    "summaries",
 ]
 
 
-class Scripted:
-    """Answers name who spoke (adapter), in which round, to which question; records calls."""
+class Scripted(Backend):
+    """Answers name who spoke (adapter), in which round, to which question; records calls.
+    With a room, prompts of more characters than that are cut (a token per character)."""
 
-    def __init__(self):
+    def __init__(self, room: int | None = None):
         self.calls: list[list] = []
+        self.room, self.stats = room, Stats()
+
+    def count(self, messages):
+        return sum(len(m["content"]) for m in messages)
 
     def generate(self, requests, seed, desc=""):
         self.calls.append(list(requests))
@@ -53,8 +60,8 @@ class Scripted:
         return texts
 
 
-def debate(agents=3, rounds=3, summarize=False, **options):
-    backend = Scripted()
+def debate(agents=3, rounds=3, summarize=False, room=None, **options):
+    backend = Scripted(room)
     pairs = [(f"gen{n}", f"critic{n}") for n in range(agents)]
     return run_debate(TASK, PROBLEMS, backend, pairs, rounds, summarize, seed=0, **options), backend
 
@@ -98,6 +105,24 @@ def test_summaries_come_from_the_base_model_and_are_per_agent():
         assert "SUMMARY<" in shown and shown.count("One agent solution") == 2
         prev = records[q]["responses"][0]
         assert all((prev[k] in shown) == (k != n) for k in range(3))
+        # The record keeps what the summariser was asked and what it wrote, per agent.
+        kept = records[q]["summaries"][0][n]
+        assert kept["request"] == summary_call[q * 3 + n][1] and kept["summary"] in shown
+    assert debate(agents=3, rounds=2)[0][0]["summaries"] == []
+
+
+def test_a_prompt_too_long_for_the_context_loses_the_middles_of_the_others_answers():
+    records, whole = debate(agents=3, rounds=2)
+    room = max(whole.count(messages) for _, messages in whole.calls[1]) - 20
+    cut_records, backend = debate(agents=3, rounds=2, room=room)
+    assert cut_records == records  # the records keep the whole debate
+    assert backend.stats.cut == 6 and backend.stats.cut_tokens >= 20
+    for (_, messages), (_, uncut) in zip(backend.calls[1], whole.calls[1]):
+        assert backend.count(messages) <= room
+        assert messages[:2] == uncut[:2]  # the question and the agent's own answer stay whole
+        shown = messages[2]["content"]  # the instructions stay, both answers lose their middles
+        assert shown.startswith("These are solutions from other agents:") and shown.endswith(BOXED)
+        assert shown.count(CUT) == 2 and shown.count("One agent solution: <gen") == 2
 
 
 def test_a_lone_agent_reflects_instead_of_debating():
@@ -175,6 +200,8 @@ def test_run_py_debate_writes_the_run_directory(tiny_model_dir, tmp_path):
         "agent_accuracy",
         "consensus",
         "parse_failure_rate",
+        "cut",
+        "cut_tokens",
         "truncated",
     ):
         assert key in row

@@ -110,19 +110,21 @@ def test_base_model_without_adapters(tiny_model_dir, tokenizer):
 
 
 def test_a_prompt_longer_than_the_context_is_cut_as_generation_cuts_it(model, tokenizer, caplog):
-    """A 225k-character question: scored after the last prompt_room tokens of its prompt, as
-    generation cut it, instead of one forward over 225k positions (hundreds of GB)."""
+    """A 225k-character question: scored with its prompt cut to prompt_room tokens as
+    generation cut it (the middle goes), instead of one forward over 225k positions."""
     question = "1+" * 112_500 + "1"
     rendered = render(tokenizer, round1_conversation(record(question, ["2"], ["2"]), 0), train=True)
+    prompt = rendered["assistant_masks"].index(1)
     cut = cut_prompt(rendered, room=100)
-    assert cut["assistant_masks"].index(1) == 100  # the prompt is its last 100 tokens
-    assert rendered["input_ids"][-len(cut["input_ids"]) :] == cut["input_ids"]  # cut from the left only
+    assert cut["assistant_masks"].index(1) == 100  # the prompt is 100 tokens
+    for key, values in rendered.items():  # its first and last 50 tokens, then the answer
+        assert cut[key] == values[:50] + values[prompt - 50 :]
     assert cut_prompt(rendered, room=10**6) == rendered
 
     long = record(question, ["2+1 = \\boxed{3}", "\\boxed{3}", "3"], ["3", "3", "3"])
     with caplog.at_level(logging.WARNING):
         scores = model_diversity(model, tokenizer, [long], ["gen0", "gen1", "gen2"], prompt_room=100)
-    assert "3 prompts longer than the context were cut" in caplog.text
+    assert "3 prompts longer than the context lost their middle" in caplog.text
     assert scores["kl_divergence"] > 0 and scores["likelihood_diversity"] > 0
     # Prompts that fit are scored as before.
     adapters = ["gen0", "gen1", "gen2"]

@@ -18,6 +18,7 @@ def test_the_gpu_check_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
         assert (
             run["train"]["steps"] == 2 and run["train"]["on_device"] and run["train"]["others_bit_identical"]
         )
-        for way in ("grouped", "mixed"):  # 3 questions x 2 agents x 2 rounds x up to 4 tokens
+        for way in ("grouped", "mixed", "mixed_auto"):  # 3 questions x 2 agents x 2 rounds x up to 4 tokens
             assert 0 < run["debate"][way]["new_tokens"] <= 48
+        assert run["debate"]["mixed_auto"]["largest_batch"] == 6  # all requests of a round fit
     assert report["runs"]["none"]["greedy"] == {"rows": 3, "identical": 3}  # fp32: our decoder = generate

@@ -3,18 +3,21 @@ the batching of an in-process (PEFT) model that the `mfsi` and `hf` backends bot
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from tqdm.auto import tqdm
 
-from mfsi.chat import Message, end_ids, render
+from mfsi.chat import Message, cut_prompt, end_ids, render
 from mfsi.errors import ConfigError
+from mfsi.fitting import Piece, fit
 from mfsi.society import context_length
 
 log = logging.getLogger(__name__)
@@ -27,12 +30,16 @@ BASE = "__base__"  # PEFT's name for "no adapter" in mixed batches
 class Stats:
     requests: int = 0
     new_tokens: int = 0
-    truncated: int = 0
+    cut: int = 0  # prompts whose pieces were cut to fit the context (`Backend.fit`)
+    cut_tokens: int = 0  # tokens those cuts took out
+    truncated: int = 0  # prompts still too long, whose middle tokens the backend dropped
     prefilled: int = 0  # prompt tokens run through the model
-    reused: int = 0  # prompt tokens whose keys and values came from the previous call
+    reused: int = 0  # prompt tokens whose keys and values came from an earlier call, not recomputed
     drafted: int = 0  # tokens fed as prompt-lookup drafts
     accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    largest_batch: int = 0  # rows
+    peak_cache_bytes: int = 0  # the largest KV cache a batch held (mfsi backend)
 
     def tokens(self) -> dict[str, int]:
         """The token counts, named as run directories and the benchmark record them."""
@@ -46,10 +53,16 @@ class Stats:
 
 
 class Backend:
-    """The interface: texts for requests, counters in `stats`, and `close()` to free what the
-    backend holds (also as a context manager: `with make_backend(cfg, society) as g: ...`)."""
+    """The interface: texts for requests, counters in `stats`, `fit` to cut a conversation
+    built from pieces to the context, and `close()` to free what the backend holds (also as
+    a context manager: `with make_backend(cfg, society) as g: ...`).
+
+    A backend that can count a prompt's tokens sets `room` (the tokens a prompt may take:
+    the context less max_new_tokens) and implements `count`; one that cannot leaves room
+    None, and conversations are sent whole."""
 
     stats: Stats
+    room: int | None = None
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> Backend:
@@ -60,6 +73,22 @@ class Backend:
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         """One text per request, in order; sampling is seeded per call."""
         raise NotImplementedError
+
+    def count(self, messages: list[Message]) -> int:
+        """Tokens of the prompt these messages make (with the generation prompt)."""
+        raise NotImplementedError
+
+    def fit(self, pieces: Sequence[Piece]) -> list[Message]:
+        """The conversation the pieces make, cut to `room` tokens as mfsi.fitting says; cuts
+        are counted in `stats`."""
+        if self.room is None:
+            return [m for p in pieces for m in p.messages()]
+        messages, cut = fit(pieces, self.count, self.room)
+        if cut:
+            self.stats.cut += 1
+            self.stats.cut_tokens += cut
+            log.debug("cut %d tokens from a prompt to fit %d", cut, self.room)
+        return messages
 
     def close(self) -> None:
         """Free what generation holds (caches, an engine's memory) before others need it."""
@@ -77,6 +106,55 @@ def request_seeds(seed: int, count: int) -> list[int]:
     return [zlib.crc32(f"{seed}/{i}".encode()) for i in range(count)]
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes new tensors can take: on a GPU the driver's free memory plus what torch's
+    allocator holds unused; elsewhere the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return psutil.virtual_memory().available
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes one batch row takes: per position in the KV cache (keys and values of every
+    layer), per position prefilled in one forward (one layer's activations, the MLP's the
+    largest), and once (its next-token distribution in fp32 with the probabilities, their
+    sorted copy and order for top-p: ~24 bytes per vocabulary entry)."""
+
+    cached: int
+    prefilled: int
+    sampled: int
+
+    @staticmethod
+    def of(model) -> Footprint:
+        config = model.config.get_text_config()
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        mlp = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+        size = model.get_input_embeddings().weight.element_size()
+        return Footprint(
+            cached=2 * config.num_hidden_layers * kv_heads * dim * size,
+            prefilled=(3 * mlp + 4 * config.hidden_size) * size,
+            sampled=24 * config.vocab_size,
+        )
+
+    def row(self, positions: int, prefilled: int) -> int:
+        return self.cached * positions + self.prefilled * prefilled + self.sampled
+
+
+def split(lengths: Sequence[int], rows: Callable[[int], int]) -> list[range]:
+    """Consecutive batches of prompts sorted longest first: each takes rows(w) of them, at
+    least one, w its first (longest) prompt's length, which every row is padded to."""
+    batches, start = [], 0
+    while start < len(lengths):
+        end = min(len(lengths), start + max(1, rows(lengths[start])))
+        batches.append(range(start, end))
+        start = end
+    return batches
+
+
 def adapter_kwargs(names: list[str] | None) -> dict:
     """PEFT's per-row adapter argument for a mixed batch; nothing for a single adapter."""
     return {"adapter_names": names} if names is not None else {}
@@ -86,11 +164,15 @@ class LocalBackend(Backend):
     """Generation with an in-process (PEFT-wrapped) Hugging Face causal LM.
 
     Requests are grouped by adapter (None = the bare base model), sorted by prompt length to
-    limit padding, left-padded and decoded by `_decode` in batches of cfg.batch_size. With
-    cfg.mixed_adapters a batch spans adapters through PEFT's `adapter_names` instead. A
-    prompt that does not fit the context with max_new_tokens is cut from the left and
-    counted in `stats`.
+    limit padding, left-padded and decoded by `_decode` in batches of cfg.batch_size rows,
+    or with batch_size=auto as many as `Footprint` says fit cfg.memory_fraction of the free
+    memory. With cfg.mixed_adapters a batch spans adapters through PEFT's `adapter_names`
+    instead. A prompt still too long for the context with max_new_tokens (`fit` cuts the
+    debate's) loses its middle tokens, which keeps the system prompt and question at the
+    start and the latest instruction at the end, and is counted in `stats`.
     """
+
+    prefill_chunk: int | None = None  # prompt positions per forward; None: the whole prompt
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> LocalBackend:
@@ -100,6 +182,8 @@ class LocalBackend(Backend):
     def __init__(self, model, tokenizer, cfg, context_length: int):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.context_length = context_length
+        self.room = context_length - cfg.max_new_tokens
+        self.rendered: dict[str, list[int]] = {}  # this call's prompts by their messages (JSON)
         if cfg.max_new_tokens >= context_length:
             raise ConfigError(
                 f"generation.max_new_tokens={cfg.max_new_tokens} leaves no room for the prompt in "
@@ -111,14 +195,17 @@ class LocalBackend(Backend):
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         torch.manual_seed(seed)
         prompts = [self._prompt(messages) for _, messages in requests]
+        self.rendered.clear()
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, (adapter, _) in enumerate(requests):
             groups[None if self.cfg.mixed_adapters else adapter].append(i)
+        rows = self._rows()
         batches = []
         for adapter, indices in groups.items():
             indices.sort(key=lambda i: -len(prompts[i]))
-            size = self.cfg.batch_size
-            batches += [(adapter, indices[k : k + size]) for k in range(0, len(indices), size)]
+            for batch in split([len(prompts[i]) for i in indices], rows):
+                batches.append((adapter, indices[batch.start : batch.stop]))
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         texts: list[str] = [""] * len(requests)
         for adapter, indices in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 2):
             names = [requests[i][0] or BASE for i in indices] if self.cfg.mixed_adapters else None
@@ -128,13 +215,33 @@ class LocalBackend(Backend):
         self.stats.requests += len(requests)
         return texts
 
+    def _rows(self) -> Callable[[int], int]:
+        """How many rows a batch whose longest prompt has w tokens takes: cfg.batch_size, or
+        with auto as many as fit cfg.memory_fraction of the memory free now."""
+        if self.cfg.batch_size != "auto":
+            return lambda w: self.cfg.batch_size
+        budget = self.cfg.memory_fraction * free_memory(self.model.device)
+        footprint, chunk, new = Footprint.of(self.model), self.prefill_chunk, self.cfg.max_new_tokens
+        return lambda w: int(budget // footprint.row(w + new, min(w, chunk or w)))
+
+    def count(self, messages: list[Message]) -> int:
+        return len(self._render(messages))
+
+    def _render(self, messages: list[Message]) -> list[int]:
+        """The prompt's token ids, rendered once per call (`fit` counts them first)."""
+        key = json.dumps(messages)
+        if key not in self.rendered:
+            self.rendered[key] = render(self.tokenizer, messages, train=False)["input_ids"]
+        return self.rendered[key]
+
     def _prompt(self, messages: list[Message]) -> list[int]:
-        ids = render(self.tokenizer, messages, train=False)["input_ids"]
-        room = self.context_length - self.cfg.max_new_tokens
-        if len(ids) > room:
+        ids = self._render(messages)
+        if len(ids) > self.room:
             self.stats.truncated += 1
-            log.warning("prompt of %d tokens cut to the last %d to fit the context", len(ids), room)
-            ids = ids[-room:]
+            log.warning(
+                "prompt of %d tokens: %d from its middle dropped to fit", len(ids), len(ids) - self.room
+            )
+            ids = cut_prompt({"input_ids": ids}, self.room)["input_ids"]
         return ids
 
     @torch.inference_mode()

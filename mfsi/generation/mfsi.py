@@ -3,11 +3,12 @@
     generator = MfsiBackend(model, tokenizer, cfg.generation, context_length=1024)
     texts = generator.generate([("gen0", messages), (None, other)], seed=0)
 
-Batching, adapters and prompts as in `LocalBackend`. The KV cache is allocated once; the
-prompt is prefilled in chunks, a prompt that recurs in the batch with the same adapter only
-once, and a prompt that continues a conversation of the previous call (the next debate
-round) only from where it departs (`Prefixes`); finished rows leave the batch; with
-lookup_tokens > 0 a step also checks tokens drafted by prompt lookup (`PromptLookup`).
+Batching, adapters and prompts as in `LocalBackend`. The KV cache grows in chunks as rows
+lengthen (`KVBuffer`); the prompt is prefilled in chunks, a prompt that recurs in the
+batch with the same adapter only once, and a prompt that begins like a conversation of a
+recent call (the next debate round) only from where it departs (`Prefixes`); finished
+rows leave the batch; with lookup_tokens > 0 a step also checks tokens drafted by prompt
+lookup (`PromptLookup`).
 Greedy, it writes what model.generate writes. It needs sdpa attention over the whole
 context (see `unsupported`); generation.backend=hf drives any model.
 """
@@ -39,9 +40,12 @@ def unsupported(config, context_length: int) -> str | None:
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, **kwargs):
-    """sdpa, except for one query position per row (a decode step) under a boolean mask:
-    there two plain matmuls over the cache, about 30% faster than sdpa's kernels on the CPU."""
-    if query.shape[2] > 1 or attention_mask is None or attention_mask.dtype != torch.bool:
+    """sdpa, except for one query position per row (a decode step) under a boolean mask in
+    fp32: there two plain matmuls over the cache, about 30% faster than sdpa's kernels on the
+    CPU. In bf16/fp16 the matmuls would round the scores to the input dtype before the
+    softmax (twice sdpa's error at realistic score sizes), while sdpa keeps them in fp32."""
+    step = query.shape[2] == 1 and attention_mask is not None and attention_mask.dtype == torch.bool
+    if not step or query.dtype != torch.float32:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     batch, heads, _, dim = query.shape
     # Grouped-query attention: each key/value head serves heads // kv_heads query heads.
@@ -76,11 +80,12 @@ class MfsiBackend(LocalBackend):
             raise ConfigError(
                 f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
             )
-        self.prefixes = Prefixes(cfg.prefix_cache_mb, self.eos_ids)
+        self.prefixes = Prefixes(cfg.prefix_cache_mb)
+        self.prefill_chunk = cfg.prefill_chunk
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         texts = super().generate(requests, seed, desc)
-        self.prefixes.roll()  # this call's conversations are what the next call can extend
+        self.prefixes.roll()  # this call's conversations are what the next calls can extend
         return texts
 
     def close(self) -> None:
@@ -91,7 +96,8 @@ class MfsiBackend(LocalBackend):
     ) -> torch.Tensor:
         """Our decode loop: new token ids [batch, max_new_tokens], pad after the end.
 
-        The KV cache is preallocated (no per-token copy), the prompt is prefilled in chunks
+        The KV cache is written in place (no per-token copy) and grows by
+        generation.cache_growth positions when a row needs more, the prompt is prefilled in chunks
         of generation.prefill_chunk positions (a big batch's activations then stay in the CPU
         cache), from the first position that `self.prefixes` does not already hold, and
         finished rows are dropped from the batch once a quarter of it is done. With
@@ -115,17 +121,20 @@ class MfsiBackend(LocalBackend):
         # A prompt asked several times with the same adapter (every agent's round 1 while
         # the agents share a model) is prefilled once; its keys and values are then copied.
         first, copies = unique_rows(input_ids, names)
-        cache = KVBuffer(len(first), visible.shape[1], batch)
+        cache = KVBuffer(
+            len(first), batch, width + self.cfg.cache_growth, visible.shape[1], self.cfg.cache_growth
+        )
         once = [names[i] for i in first.tolist()] if names is not None else None
         begin = width  # prefill from here: every row's part that the prefix store lacks
         for row, b in enumerate(first.tolist()):
             adapter, ids = rows[b]
             found = self.prefixes.find(adapter, ids)
-            reused = found.length if found else 0
+            reused = found[1] if found else 0
             if found:
-                cache.place(row, width - len(ids), found)
+                cache.place(row, width - len(ids), *found)
             begin = min(begin, width - len(ids) + reused)
-            self.stats.reused += reused
+        # Prefilling starts at the same column for every row: a row's reused positions past it are recomputed.
+        self.stats.reused += int(real[first, :begin].sum())
         self.stats.prefilled += int(real[first, begin:].sum())
         cache.filled = begin
         for start in range(begin, width, self.cfg.prefill_chunk):
@@ -184,22 +193,21 @@ class MfsiBackend(LocalBackend):
             token = sampled.gather(-1, (count - 1).clamp(min=0)[:, None]).squeeze(-1)
             done |= ended.any(-1) | (length >= limit)
         self._store(cache, active, done, rows, new, width, eos)
+        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, cache.peak)
         return new
 
     def _store(self, cache: KVBuffer, active, done, rows, new, width: int, eos: torch.Tensor) -> None:
         """Give the prefix store the conversations of the finished rows in the cache: prompt
-        plus answer up to (not including) its end token, whose keys were never computed."""
+        plus the answer tokens that were fed, up to its end token or its last sampled token
+        (at the length limit), whose keys were never computed."""
         if not self.prefixes.limit:
             return
         for row in done.nonzero().flatten().tolist():
             b = int(active[row])
             end = torch.isin(new[b], eos).nonzero()
+            answer = new[b, : int(end[0]) if len(end) else new.shape[1] - 1].tolist()
             adapter, ids = rows[b]
-            if len(end):
-                answer = new[b, : int(end[0])]
-                self.prefixes.add(
-                    adapter, ids + answer.tolist(), cache.row(row, width - len(ids), width + len(answer))
-                )
+            self.prefixes.add(adapter, ids + answer, cache.row(row, width - len(ids), width + len(answer)))
 
     def _forward(self, input_ids, mask, position, cache: KVBuffer, names, keep: int = 1) -> torch.Tensor:
         """Next-token logits [batch, keep, vocab] at the last `keep` positions of input_ids,
@@ -237,46 +245,84 @@ class Prefix:
     values: list[torch.Tensor]
 
     @property
-    def length(self) -> int:
-        return self.keys[0].shape[1]
-
-    @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.keys + self.values)
 
 
 class Prefixes:
-    """The conversations one generate() call ended with (prompt + answer), with their keys and
-    values, for the next call: a prompt that extends one of them with the same adapter (the
-    same agent's next debate round while its generator and critic are one model) is then
-    prefilled only from the end token on. Holds at most limit_mb per call; the call after
-    next finds them gone. limit_mb=0 turns it off."""
+    """Keys and values of recent conversations (prompt + answer), for later prompts that begin
+    the same way: the same agent's next debate round (while its generator and critic are one
+    model) is prefilled only from where its prompt departs from its stored conversation.
+    The match is the longest common prefix of tokens, not the whole conversation: a chat
+    template may trim an answer, and an answer's text may tokenise otherwise than the tokens
+    generated (the Llama-3 template does both). A call finds the conversations of the two
+    calls before it (a debate round, its summaries, the next round), not its own. Within
+    limit_mb, conversations already extended make room for new ones; with none left, a new
+    one is not kept. limit_mb=0 turns it off."""
 
-    def __init__(self, limit_mb: float, eos_ids: list[int]):
-        self.limit, self.eos = limit_mb * 2**20, set(eos_ids)
-        self.previous: dict[tuple, Prefix] = {}
-        self.current: dict[tuple, Prefix] = {}
-        self.size = 0
+    def __init__(self, limit_mb: float):
+        self.limit = limit_mb * 2**20
+        self.call = 0
+        self.entries: list[Stored] = []  # oldest first
+        self.size = 0  # their bytes
+        # adapter -> (the earlier calls' conversations, padded with -1 [n, longest]; their entries)
+        self.index: dict[str, tuple[torch.Tensor, list[Stored]]] = {}
 
-    def find(self, adapter: str, ids: list[int]) -> Prefix | None:
-        """The longest stored conversation that ids continue (ids[i] is its end token)."""
-        for i in range(len(ids) - 1, 0, -1):
-            if ids[i] in self.eos and (adapter, tuple(ids[:i])) in self.previous:
-                return self.previous[adapter, tuple(ids[:i])]
-        return None
+    def find(self, adapter: str, ids: list[int]) -> tuple[Prefix, int] | None:
+        """The earlier conversation with the adapter that shares the longest prefix with ids,
+        and that prefix's length (at most all of ids but the last token, which is prefilled
+        for its logits); None if none shares a token."""
+        if adapter not in self.index or len(ids) < 2:
+            return None
+        table, entries = self.index[adapter]
+        n = min(table.shape[1], len(ids) - 1)
+        shared = (table[:, :n] == torch.tensor(ids[:n])).cumprod(-1).sum(-1)
+        shared[[e.prefix is None for e in entries]] = 0  # made room for newer ones
+        best = int(shared.argmax())
+        if not shared[best]:
+            return None
+        entries[best].extended = True
+        return entries[best].prefix, int(shared[best])
 
     def add(self, adapter: str, ids: list[int], prefix: Prefix) -> None:
-        if self.size + prefix.nbytes <= self.limit:
-            self.current[adapter, tuple(ids)] = prefix
-            self.size += prefix.nbytes
+        while self.size + prefix.nbytes > self.limit:
+            extended = next((e for e in self.entries if e.extended), None)
+            if extended is None:
+                return
+            self.entries.remove(extended)
+            self.size -= extended.prefix.nbytes
+            extended.prefix = None  # frees its tensors; `index` may still list it
+        self.entries.append(Stored(adapter, ids, prefix, self.call))
+        self.size += prefix.nbytes
 
     def roll(self) -> None:
-        """End of a call: its conversations become the ones the next call can extend."""
-        self.previous, self.current, self.size = self.current, {}, 0
+        """End of a call: its conversations become findable, those of three calls ago go."""
+        self.call += 1
+        self.entries = [e for e in self.entries if e.call >= self.call - 2]
+        self.size = sum(e.prefix.nbytes for e in self.entries)
+        by_adapter: dict[str, list[Stored]] = {}
+        for entry in self.entries:
+            by_adapter.setdefault(entry.adapter, []).append(entry)
+        self.index = {}
+        for adapter, entries in by_adapter.items():
+            table = torch.full((len(entries), max(len(e.ids) for e in entries)), -1)
+            for row, entry in enumerate(entries):
+                table[row, : len(entry.ids)] = torch.tensor(entry.ids)
+            self.index[adapter] = table, entries
 
     def clear(self) -> None:
-        self.roll()
-        self.roll()
+        self.entries, self.index, self.size = [], {}, 0
+
+
+@dataclass
+class Stored:
+    """A conversation in the prefix store: its tokens and keys/values (None once dropped)."""
+
+    adapter: str
+    ids: list[int]
+    prefix: Prefix | None
+    call: int
+    extended: bool = False  # a later prompt has reused it
 
 
 def unique_rows(input_ids: torch.Tensor, names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,33 +391,49 @@ def compaction(done: torch.Tensor) -> torch.Tensor:
 
 
 class KVBuffer:
-    """Keys and values per layer in tensors [batch, heads, capacity, dim] allocated once and
-    written in place; attention sees the filled part of the first `rows` rows. The model
-    calls `update` per layer (transformers' cache protocol): a prefill chunk is written from
-    column `filled` on, a decode step at each row's own `columns` [rows, positions]. Moving
+    """Keys and values per layer in tensors [rows, heads, capacity, dim] written in place;
+    attention sees the filled part of the first `rows` rows. The model calls `update` per
+    layer (transformers' cache protocol): a prefill chunk is written from column `filled`
+    on, a decode step at each row's own `columns` [rows, positions]. Capacity starts at
+    `columns` and grows by `growth` (at most to `most`) when a write needs more: the new
+    tensors hold only the rows still running, and the filled columns are copied. Moving
     rows copies only filled columns: the rest is masked until written."""
 
-    def __init__(self, rows: int, capacity: int, batch: int):
-        self.rows, self.capacity, self.filled = rows, capacity, 0
+    def __init__(self, rows: int, batch: int, columns: int, most: int, growth: int):
+        self.rows, self.filled = rows, 0
         self.batch = batch  # rows allocated: `reorder` may grow `rows` up to it
+        self.capacity, self.most, self.growth = min(columns, most), most, growth
         self.columns: torch.Tensor | None = None
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self.peak = 0  # the most bytes the buffers held
 
-    def _allocate(self, layer: int, like: torch.Tensor) -> None:
-        """The layer's buffers, on first sight of its keys ([..., heads, positions, dim])."""
+    def _allocate(self, layer: int, like: torch.Tensor, end: int) -> None:
+        """The layer's buffers, on first sight of its keys ([..., heads, positions, dim]), and
+        room for `end` columns."""
         if layer == len(self.keys):
             shape = (self.batch, like.shape[-3], self.capacity, like.shape[-1])
             self.keys.append(like.new_zeros(shape))
             self.values.append(like.new_zeros(shape))
+        elif end > self.keys[layer].shape[2]:
+            if layer == 0:
+                self.capacity = min(self.most, max(end, self.capacity + self.growth))
+                self.batch = self.rows
+            for buffers in (self.keys, self.values):
+                old = buffers[layer]
+                buffers[layer] = old.new_zeros(self.rows, old.shape[1], self.capacity, old.shape[3])
+                buffers[layer][:, :, : self.filled] = old[: self.rows, :, : self.filled]
+        else:
+            return
+        self.peak = max(self.peak, sum(t.nbytes for t in self.keys + self.values))
 
     def _end(self, positions: int) -> int:
         """The columns attention sees once `positions` more are written."""
         return self.filled + positions if self.columns is None else int(self.columns.max()) + 1
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
-        self._allocate(layer, keys)
         end = self._end(keys.shape[2])
+        self._allocate(layer, keys, end)
         cached = self.keys[layer][: self.rows, :, :end], self.values[layer][: self.rows, :, :end]
         if self.columns is None:
             for buffer, new in zip(cached, (keys, values)):
@@ -387,12 +449,13 @@ class KVBuffer:
         self.filled = max(self.filled, self._end(positions))
         self.columns = None
 
-    def place(self, row: int, start: int, prefix: Prefix) -> None:
-        """Write a stored prefix into one row from position `start` on (before prefilling)."""
+    def place(self, row: int, start: int, prefix: Prefix, length: int) -> None:
+        """Write a stored prefix's first `length` positions into one row from position `start`
+        on (before prefilling)."""
         for layer, (keys, values) in enumerate(zip(prefix.keys, prefix.values)):
-            self._allocate(layer, keys)
-            self.keys[layer][row, :, start : start + prefix.length] = keys
-            self.values[layer][row, :, start : start + prefix.length] = values
+            self._allocate(layer, keys, start + length)
+            self.keys[layer][row, :, start : start + length] = keys[:, :length]
+            self.values[layer][row, :, start : start + length] = values[:, :length]
 
     def row(self, row: int, start: int, end: int) -> Prefix:
         """A copy of one row's keys and values at positions [start, end)."""

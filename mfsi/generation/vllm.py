@@ -204,6 +204,7 @@ class VllmBackend(LocalBackend):
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=self._prompt(messages)) for _, messages in requests]
+        self.rendered.clear()
         sampling = [
             SamplingParams(
                 temperature=self.cfg.temperature,
