@@ -189,7 +189,7 @@ def server(served_society, tmp_path_factory):
     command += ["--port", str(port), "--model", str(resolve("models/tiny-arith")), "--served-model-name"]
     command += ["tiny", "--dtype", "float32", "--max-model-len", "1024", "--kv-cache-memory-bytes", "256M"]
     # One LoRA slot more than adapters: vLLM's CPU build gives rows without an adapter the one
-    # in the last slot when both share a batch (vllm-project/vllm#48421); slots fill from the
+    # in the last slot when both share a batch (seen in 0.32); slots fill from the
     # first, so the last stays empty.
     command += ["--enable-lora", "--max-loras", str(len(adapters) + 1), "--max-lora-rank", "16"]
     command += ["--lora-modules", *adapters]

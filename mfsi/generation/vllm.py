@@ -242,7 +242,8 @@ class VllmBackend(LocalBackend):
     def _calls(self, loras: list) -> list[list[int]]:
         """The requests of each engine call: all in one, or on a CPU those without an adapter
         apart from the others. vLLM's CPU LoRA ops give a row without an adapter the adapter
-        in the last slot when both share a batch (vllm-project/vllm#48421, open in 0.32)."""
+        in the last slot when both share a batch (seen in vLLM 0.32: the greedy test of
+        tests/test_vllm.py fails without the split)."""
         everything = list(range(len(loras)))
         if not self.base_apart:
             return [everything]
