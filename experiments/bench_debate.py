@@ -2,15 +2,18 @@
 
     python -m experiments.bench_debate --model models/tiny-arith --questions 64 --agents 3 \
         --rounds 2 --out results.json
+    python -m experiments.bench_debate --compare hf,vllm ...   # other backends side by side
 
-Both runs debate the same arithmetic questions with the same model, agents, rounds,
+The runs debate the same arithmetic questions with the same model, agents, rounds,
 max_new_tokens and sampling settings, in this process: (a) run_debate batched over
 questions x agents, with our decoder (or --backend hf); (b) the official pattern: one
-question at a time, one agent at a time, batch size 1, Hugging Face's model.generate.
-Prints generated tokens/s of each, the speed-up, and the peak resident memory of each
-run (VmHWM, reset between runs where Linux allows). The two run in turns, --repeats times
-each, and each is reported by its median run: the first run of a process pays one-time
-costs, and a shared machine's speed drifts between runs.
+question at a time, one agent at a time, batch size 1, Hugging Face's model.generate;
+(c) each --compare backend as (a), at the same batch size (vLLM schedules its own batches;
+its engine is started before the timed runs). Prints generated tokens/s of each, the
+speed-ups, and the peak resident memory of each run (VmHWM of this process and the
+processes it started, reset between runs where Linux allows). They run in turns,
+--repeats times each, and each is reported by its median run: the first run of a process
+pays one-time costs, and a shared machine's speed drifts between runs.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from mfsi.config import GenerationConfig, ModelConfig, TaskConfig
+from mfsi.config import Config, GenerationConfig, ModelConfig, TaskConfig
 from mfsi.debate import run_debate
 from mfsi.generation import BACKENDS, Backend
-from mfsi.society import load_base, roles
+from mfsi.society import Society, load_base, roles
 from mfsi.tasks import load_task
 
 
@@ -60,20 +63,34 @@ class ByRound:
         return texts
 
 
+def process_tree(pid: str = "self") -> list[Path]:
+    """/proc folders of a process and of every process it started (vLLM's engine), on Linux."""
+    folder = Path("/proc") / pid
+    children = []
+    for task in folder.glob("task/*/children"):
+        children += task.read_text().split()
+    return [folder] + [p for child in children for p in process_tree(child)]
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory since the last reset (VmHWM), else since process start."""
+    """Peak resident memory of this process and its children since the last reset (VmHWM),
+    else of this process since it started."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        peaks = [
+            int(line.split()[1])
+            for folder in process_tree()
+            for line in (folder / "status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        ]
+        return sum(peaks) / 1024
     except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reset_peak() -> None:
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+        for folder in process_tree():
+            (folder / "clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
     except OSError:
         pass
 
@@ -129,6 +146,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TINY.generation.batch_size)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--backend", default="mfsi", choices=["mfsi", "hf"], help="of the batched run")
+    parser.add_argument("--compare", default="", help="more backends to run as the batched run: hf,vllm")
+    parser.add_argument("--vllm-kv-cache-mb", type=int, default=TINY.generation.vllm_kv_cache_mb)
     parser.add_argument("--context-length", type=int, default=TINY.model.context_length)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights")
@@ -150,14 +169,21 @@ def main() -> None:
         temperature=args.temperature,
         backend=args.backend,
         lookup_tokens=args.lookup_tokens,
+        vllm_kv_cache_mb=args.vllm_kv_cache_mb,
+        vllm_release="keep",  # the engine stays up between the timed runs
     )
     agents = roles(args.agents, shared=False, trained=())
+    society = Society(model, tokenizer)
+
+    def make(generation: GenerationConfig) -> Backend:
+        """The backend as a run makes it, for this model and these generation settings."""
+        model_cfg = ModelConfig(path=args.model, dtype=args.dtype, context_length=args.context_length)
+        cfg = OmegaConf.structured(Config(model=model_cfg, generation=generation, agents=args.agents))
+        return BACKENDS[generation.backend].create(cfg, society)
 
     def debate(cfg: GenerationConfig, one_at_a_time: bool):
         def go() -> ByRound:
-            backend = BACKENDS[cfg.backend](
-                model, tokenizer, OmegaConf.structured(cfg), context_length=args.context_length
-            )
+            backend = make(cfg)
             timed = ByRound(OneAtATime(backend) if one_at_a_time else backend, backend.stats)
             if one_at_a_time:  # the official loop: question by question, agent by agent
                 for problem in problems:
@@ -169,20 +195,27 @@ def main() -> None:
         return go
 
     # The official code calls Hugging Face's model.generate with its default (dynamic) cache.
+    compared = [b for b in args.compare.split(",") if b]
     patterns = {
         "batched": debate(gen, one_at_a_time=False),
+        **{name: debate(replace(gen, backend=name), one_at_a_time=False) for name in compared},
         "official": debate(replace(gen, batch_size=1, backend="hf", lookup_tokens=0), one_at_a_time=True),
     }
+    for name in compared:  # engines start before the timing (vLLM: about a minute on a CPU)
+        make(replace(gen, backend=name)).close()
     runs = [{name: bench(go) for name, go in patterns.items()} for _ in range(args.repeats)]
-    batched, single = (report(name, [r[name] for r in runs]) for name in patterns)
-    speedup = batched["tokens_per_s"] / single["tokens_per_s"]
-    print(f"speed-up (tokens/s, batched / official): {speedup:.1f}x")
+    results = {name: report(name, [r[name] for r in runs]) for name in patterns}
+    speedups = {
+        name: results[name]["tokens_per_s"] / results["official"]["tokens_per_s"] for name in patterns
+    }
+    for name in ["batched", *compared]:
+        print(f"speed-up (tokens/s, {name} / official): {speedups[name]:.1f}x")
     results = {
         "config": vars(args),
         "torch_threads": torch.get_num_threads(),
-        "batched": batched,
-        "official": single,
-        "speedup": speedup,
+        **results,
+        "speedup": speedups["batched"],
+        **({"speedup_of": speedups} if compared else {}),
     }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -46,6 +46,16 @@ CASES = [  # (overrides, what the message must say)
         "evaluation.embedder='nobody-xyz/no-embedder': no model config",
     ),
     ("finetune.trainer.precision=bogus", "Precision 'bogus' is invalid"),
+    ("generation.backend=vllm finetune.lora.r=1024", "finetune.lora.r=1024 with generation.backend=vllm"),
+    (
+        "generation.backend=vllm model.quantization=int8",
+        "model.quantization=int8 with generation.backend=vllm",
+    ),
+    ("model=gpt35", "finetuning through an API is not supported"),
+    (
+        "model=gpt35 method=debate generation.api_key_env=MFSI_NO_KEY",
+        "'MFSI_NO_KEY': that environment variable",
+    ),
 ]
 
 

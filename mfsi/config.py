@@ -71,7 +71,9 @@ class GenerationConfig:
     batch_size: Any = 32  # int | "auto"
     memory_fraction: float = 0.5
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
-    backend: str = "mfsi"  # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model)
+    # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model) | vllm: vLLM's
+    # multi-LoRA engine in this process | openai: any OpenAI-compatible endpoint (generation only)
+    backend: str = "mfsi"
     decoder: str | None = None  # renamed generation.backend: a value here is an error that says so
     prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
     # The mfsi decoder's KV cache starts at the prompt plus this many positions and grows by
@@ -89,6 +91,29 @@ class GenerationConfig:
     # Draft the k-th token only while its estimated chance to be kept (the share of drafts
     # kept so far in the batch, to the k-th power) is at least this.
     lookup_min_keep: float = 0.5
+    # backend=vllm. The engine's memory: a KV cache of vllm_kv_cache_mb, or (null) what is left
+    # of vllm_memory_utilization of the GPU after the weights. Between stages (while adapters
+    # train) it sleeps (weights to CPU memory, cache freed; CUDA only, elsewhere it keeps its
+    # memory), shuts down (freed; the next stage restarts it) or keeps its memory.
+    vllm_kv_cache_mb: int | None = None
+    vllm_memory_utilization: float = 0.5
+    vllm_release: str = "sleep"  # sleep | shutdown | keep
+    # backend=openai: chat completions at base_url (null: OpenAI's), with the key in the
+    # environment variable api_key_env (null: the endpoint needs none). Requests with no
+    # adapter go to served_base (null: model.path). served_adapters null: every agent is the
+    # base model; a name with {adapter}: the endpoint serves each agent's gen{n}/critic{n}
+    # under it, and the debate uses them ("{adapter}": vllm serve --lora-modules gen0=...).
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    served_base: str | None = None
+    served_adapters: str | None = None
+    concurrency: int = 16  # requests in flight
+    timeout: float = 600.0  # seconds per request attempt
+    # Retries of a request after a connection error, timeout, 408/409/429 or 5xx, with the
+    # client's exponential backoff (0.5 s doubling to 8 s) or the server's Retry-After.
+    retries: int = 8
+    request_seeds: bool = True  # send each request its seed (false for servers that fail on them)
+    cache: bool = True  # keep finished responses in the run directory: a resumed debate asks once
 
 
 @dataclass
@@ -180,7 +205,8 @@ CHOICES = {
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
     "debate.style": ("critical", "cooperative"),
     "finetune.init": ("previous", "base"),
-    "generation.backend": ("mfsi", "hf"),
+    "generation.backend": ("mfsi", "hf", "vllm", "openai"),
+    "generation.vllm_release": ("sleep", "shutdown", "keep"),
     "logger.name": ("wandb", "none"),
     "logger.mode": (None, "online", "offline", "disabled"),
 }
@@ -208,6 +234,12 @@ RANGES = {  # key: (test, what is expected)
     "generation.lookup_tokens": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "generation.lookup_ngram": AT_LEAST_1,
     "generation.lookup_min_keep": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "generation.vllm_kv_cache_mb": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "generation.vllm_memory_utilization": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "generation.served_adapters": (lambda v: v is None or "{adapter}" in v, "null or a name with {adapter}"),
+    "generation.concurrency": AT_LEAST_1,
+    "generation.timeout": POSITIVE,
+    "generation.retries": (lambda v: v >= 0, "an integer >= 0"),
     "finetune.critic_weight": SHARE,
     "finetune.lr": POSITIVE,
     "finetune.epochs": AT_LEAST_1,
@@ -259,6 +291,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"generation.lookup_tokens={generation.lookup_tokens} with generation.backend="
             f"{generation.backend}: expected lookup_tokens=0 (only the mfsi backend checks drafts)"
+        )
+    if generation.backend == "vllm" and cfg.model.quantization == "int8":
+        raise ConfigError(
+            "model.quantization=int8 with generation.backend=vllm: expected none or nf4 (vLLM "
+            "quantizes in flight to 4 bits only)"
+        )
+    if generation.backend == "openai" and cfg.method.selection != "none":
+        raise ConfigError(
+            f"method.name={cfg.method.name!r} with generation.backend=openai: expected base, majority or "
+            "debate; finetuning through an API is not supported (the adapters train on local weights: "
+            "use generation.backend=vllm or mfsi for it)"
         )
 
 

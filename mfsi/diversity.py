@@ -103,6 +103,9 @@ def round1_conversation(record: dict, agent: int) -> list[Message]:
     return conversation[: first + 1]
 
 
+MODEL_BASED = ("likelihood_diversity", "kl_divergence", "kl_from_base")  # model_diversity's metrics
+
+
 def model_diversity(
     model,
     tokenizer,
@@ -118,7 +121,7 @@ def model_diversity(
     cut to prompt_room tokens as mfsi.chat.cut_prompt does (None: never).
     """
     items = [(r, k) for r in records for k in range(len(adapters))]
-    values: dict[str, list[float]] = {"likelihood_diversity": [], "kl_divergence": [], "kl_from_base": []}
+    values: dict[str, list[float]] = {name: [] for name in MODEL_BASED}
     stop = end_ids(model, tokenizer)
     was_training = model.training
     model.eval()  # dropout off: the same adapter must give the same distribution twice

@@ -11,3 +11,7 @@ class ConfigError(MfsiError):
 
 class DataError(MfsiError):
     """A dataset is missing, too small or malformed."""
+
+
+class GenerationError(MfsiError):
+    """A generation endpoint refused requests or could not be reached."""

@@ -38,10 +38,12 @@ from mfsi import rundir
 from mfsi.chat import end_ids
 from mfsi.config import Config, validate
 from mfsi.debate import run_debate, seed_for
-from mfsi.diversity import embedding_dissimilarity, load_embedder, model_diversity
+from mfsi.diversity import MODEL_BASED, embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
 from mfsi.generation import make_backend
 from mfsi.generation.mfsi import unsupported
+from mfsi.generation.openai import api_key
+from mfsi.generation.vllm import check_setup
 from mfsi.metrics import debate_metrics, mean
 from mfsi.rundir import done_marker
 from mfsi.selection import rationalisation_requests, sample_examples, select, sizes
@@ -78,6 +80,13 @@ RESUMABLE = (
     "generation.prefill_chunk",
     "generation.prefix_cache_mb",
     "generation.lookup_",
+    "generation.vllm_",
+    "generation.base_url",
+    "generation.api_key_env",
+    "generation.concurrency",
+    "generation.timeout",
+    "generation.retries",
+    "generation.cache",
     "finetune.trainer.",
 )
 HISTORY = "config_history.jsonl"  # one line per start: when, the keys that changed, the config
@@ -93,16 +102,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         changed = check_resume(cfg, run_dir)
         task = load_task(cfg.task)
         eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
-        tokenizer = load_tokenizer(cfg.model)
-        check_preset(cfg.model, tokenizer)  # before the weights load
-        society = Society(load_model(cfg.model, tokenizer), tokenizer)
-        # Training and the diversity metrics read assistant turns through the chat template:
-        # a template they cannot use fails now, not after hours of debate.
-        check_encodable(
-            society.tokenizer,
-            end_ids(society.model, society.tokenizer),
-            sample_examples(task, cfg.debate.summarize),
-        )
+        society = load_society(cfg, task)
         # Only now, with every input checked, does the run directory get its first files.
         record_splits(task, eval_task, run_dir)
         record_config(cfg, run_dir, changed)
@@ -123,9 +123,44 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             tracker.finish()
 
 
+def load_society(cfg: DictConfig, task: Task) -> Society:
+    """The base model and its tokenizer, checked against the preset and the chat template; a
+    society without local weights when an API generates (generation.backend=openai)."""
+    if cfg.generation.backend == "openai":
+        agents = max(cfg.agents, cfg.evaluation.agents or 0)
+        served = [f"{role}{n}" for n in range(agents) for role in ("gen", "critic")]
+        return Society(None, None, served if cfg.generation.served_adapters else ())
+    tokenizer = load_tokenizer(cfg.model)
+    check_preset(cfg.model, tokenizer)  # before the weights load
+    society = Society(load_model(cfg.model, tokenizer), tokenizer)
+    # Training and the diversity metrics read assistant turns through the chat template:
+    # a template they cannot use fails now, not after hours of debate.
+    check_encodable(
+        society.tokenizer,
+        end_ids(society.model, society.tokenizer),
+        sample_examples(task, cfg.debate.summarize),
+    )
+    return society
+
+
 def preflight(cfg: DictConfig) -> None:
-    """The checks that read the model's config.json (not its weights), the embedder's and
-    Lightning's settings: seconds, before the run directory is touched."""
+    """The checks that read the model's config.json (not its weights), the generation
+    backend's needs, the embedder's and Lightning's settings: seconds, before the run
+    directory is touched."""
+    if cfg.generation.backend == "openai":
+        api_key(cfg.generation)  # the model is not local: nothing of it to read
+    else:
+        check_model(cfg)
+    if cfg.generation.backend == "vllm":
+        check_setup(cfg)
+    if cfg.evaluation.diversity and cfg.evaluation.embedder:
+        hf_config(cfg.evaluation.embedder, "evaluation.embedder")
+    if cfg.method.selection != "none" and cfg.iterations > 0:
+        check_trainer(cfg.finetune.trainer, resolve_device(cfg.model.device))
+
+
+def check_model(cfg: DictConfig) -> None:
+    """The context and the decoder against the model's config.json."""
     config = model_config(cfg.model)
     limit = getattr(config.get_text_config(), "max_position_embeddings", None)
     context = cfg.model.context_length or limit
@@ -149,10 +184,6 @@ def preflight(cfg: DictConfig) -> None:
         raise ConfigError(
             f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
         )
-    if cfg.evaluation.diversity and cfg.evaluation.embedder:
-        hf_config(cfg.evaluation.embedder, "evaluation.embedder")
-    if cfg.method.selection != "none" and cfg.iterations > 0:
-        check_trainer(cfg.finetune.trainer, resolve_device(cfg.model.device))
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, list]:
@@ -286,7 +317,7 @@ def rationalise_stage(
     if not stage_done(path):
         requests = rationalisation_requests(records, task)
         players = roles(cfg.agents, cfg.method.shared, society.adapters)
-        with make_backend(cfg, society) as generator:
+        with make_backend(cfg, society, run_dir) as generator:
             texts = generator.generate(
                 [(players[agent][0], messages) for _, agent, messages in requests],
                 seed=seed_for(cfg.seed, iteration, "rationalise"),
@@ -408,7 +439,7 @@ def debate_stage(
         return rundir.read_jsonl(path), rundir.read_json(stats_path), False
     agents, rounds = shape(cfg, split)
     start = time.time()
-    with make_backend(cfg, society) as generator:
+    with make_backend(cfg, society, run_dir) as generator:
         records = run_debate(
             task,
             task.split(split),
@@ -484,24 +515,28 @@ def evaluate(
 
 def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: int) -> dict:
     """The diversity metrics of mfsi.diversity for this evaluation's debate; "per_question"
-    holds each question's embedding dissimilarity."""
+    holds each question's embedding dissimilarity. The model-based ones are None without
+    local weights (generation through an API)."""
     generators = [g for g, _ in roles(agents, cfg.method.shared, society.adapters)]
     # Scoring batches as generation's; with auto, model_diversity's own: its logits over the
     # whole conversation are not what generation's memory budget counts.
     rows = cfg.generation.batch_size
     batch = {} if rows == "auto" else {"batch_size": rows}
     dissimilarity = embedding_dissimilarity(records, load_embedder(cfg.evaluation.embedder))
-    return {
-        "embedding_dissimilarity": None if dissimilarity is None else mean(dissimilarity),
-        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
-        **model_diversity(
+    model_based = dict.fromkeys(MODEL_BASED)
+    if society.model is not None:
+        model_based = model_diversity(
             society.model,
             society.tokenizer,
             records[: cfg.evaluation.diversity_questions],
             generators,
             **batch,
             prompt_room=context_length(cfg.model, society.model) - cfg.generation.max_new_tokens,
-        ),
+        )
+    return {
+        "embedding_dissimilarity": None if dissimilarity is None else mean(dissimilarity),
+        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
+        **model_based,
     }
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -207,17 +207,24 @@ def lora_config(cfg, init: bool | str = True) -> LoraConfig:
 class Society:
     """One base model shared by every agent; adapters are named gen{n} / critic{n}."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer):
+    def __init__(self, model: torch.nn.Module | None, tokenizer, served: Sequence[str] = ()):
+        """model None: no local weights; an endpoint generates (generation.backend=openai) and
+        serves the adapters named in `served`."""
         self.model, self.tokenizer = model, tokenizer  # model becomes a PeftModel on first add
+        self.served = list(served)
+        # The folder holding each adapter's current weights (set by load and save): an engine
+        # outside this process (generation.backend=vllm) loads the adapters from there.
+        self.folders: dict[str, Path] = {}
 
     @property
     def adapters(self) -> list[str]:
-        return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
+        return list(self.model.peft_config) if isinstance(self.model, PeftModel) else self.served
 
     def add(self, name: str, lora_cfg, init: bool | str = True) -> None:
         """A fresh adapter (LoRA B = 0 by default: it starts as the base model), replacing
         any adapter of that name. Seed torch first for reproducible LoRA A matrices."""
         config = lora_config(lora_cfg, init)
+        self.folders.pop(name, None)  # its weights are on no disk yet
         if name in self.adapters:
             self.model.delete_adapter(name)
         if isinstance(self.model, PeftModel):
@@ -238,6 +245,7 @@ class Society:
             self.model = PeftModel.from_pretrained(
                 self.model, str(folder), adapter_name=name, is_trainable=True
             )
+        self.folders[name] = Path(folder)
         self.model.eval()
 
     def save(self, name: str, folder: Path) -> None:
@@ -249,6 +257,7 @@ class Society:
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(Path(tmp) / name, folder)
+        self.folders[name] = folder
 
 
 def roles(agents: int, shared: bool, trained: Collection[str]) -> list[tuple[str | None, str | None]]:

@@ -155,14 +155,14 @@ def only_adapter_trainable(model, adapter: str, checkpointing: bool) -> Iterator
             p.data = p.data.float()
     checkpointing = checkpointing and getattr(model, "supports_gradient_checkpointing", False)
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
     try:
         yield
     finally:
         if checkpointing:
             model.disable_input_require_grads()
-            model.activation_checkpointing_disable()
+            model.gradient_checkpointing_disable()
         model.set_adapter(active)
         for name, p in model.named_parameters():
             p.requires_grad = flags[name]

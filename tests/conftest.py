@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
 from mfsi import loop, rundir
 from mfsi.charlm import build_tokenizer, llama_config
-from mfsi.config import register
+from mfsi.config import LoraConfig, ModelConfig, register
+from mfsi.society import Society, load_base
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -115,3 +117,19 @@ def snapshot():
         return found
 
     return files
+
+
+ADAPTERS = ("gen0", "gen1", "critic0", "critic1")
+
+
+@pytest.fixture(scope="session")
+def served_society(tmp_path_factory):
+    """The shipped tiny model with the random LoRA adapters of two agents (gen0, gen1, critic0,
+    critic1 at finetune.lora's rank), saved as the loop saves them: what the engine tests serve."""
+    society = Society(*load_base(OmegaConf.structured(ModelConfig())))
+    folder = tmp_path_factory.mktemp("adapters")
+    for n, name in enumerate(ADAPTERS):
+        torch.manual_seed(n)
+        society.add(name, OmegaConf.structured(LoraConfig(dropout=0.0)), init=False)
+        society.save(name, folder / name)
+    return society

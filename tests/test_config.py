@@ -51,13 +51,15 @@ def test_defaults():
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_task_and_model_composes(task, model):
-    cfg = make(f"task={task}", f"model={model}", "agents=5", "debate.rounds=3", "seed=1")
+    api = model == "gpt35"  # generation only: no finetuning method
+    method = ["method=debate"] if api else []
+    cfg = make(f"task={task}", f"model={model}", "agents=5", "debate.rounds=3", "seed=1", *method)
     assert (cfg.task.name, cfg.model.name, cfg.agents, cfg.debate.rounds) == (task, model, 5, 3)
     assert cfg.task.seed == 1  # splits follow the run seed
     validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)
     if model != "tiny":
-        assert cfg.model.quantization == "nf4" and cfg.debate.summarize is True
+        assert cfg.model.quantization == ("none" if api else "nf4") and cfg.debate.summarize is True
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -92,6 +94,12 @@ def test_typos_fail_at_composition(override):
         ("model.quantization=nf5", "model.quantization"),
         ("finetune.init=scratch", "finetune.init"),
         ("debate.style=hostile", "debate.style"),
+        ("generation.backend=tgi", "generation.backend"),
+        ("generation.vllm_release=nap", "generation.vllm_release"),
+        ("generation.vllm_memory_utilization=1.5", "generation.vllm_memory_utilization"),
+        ("generation.served_adapters=gen", "generation.served_adapters"),
+        ("generation.concurrency=0", "generation.concurrency"),
+        ("generation.retries=-1", "generation.retries"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):

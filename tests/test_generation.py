@@ -35,6 +35,7 @@ OTHER = [
 @pytest.fixture(scope="module")
 def society(tiny_model_dir):
     society = Society(*load_base(OmegaConf.structured(ModelConfig(path=str(tiny_model_dir)))))
+    torch.manual_seed(0)  # random adapters that differ whatever ran before
     for name in ("gen0", "gen1"):
         society.add(name, OmegaConf.structured(LoraConfig(r=4, alpha=64, dropout=0.0)), init=False)
     return society

@@ -90,7 +90,7 @@ def test_only_the_named_adapter_changes(tiny_model_dir, tokenizer):
         else:
             assert torch.equal(p, before[name]), f"{name} changed"
     # the model is handed back as it came: active adapter, grad flags
-    assert model.active_adapter == "critic0" and not model.is_activation_checkpointing
+    assert model.active_adapter == "critic0" and not model.is_gradient_checkpointing
     assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
 
 

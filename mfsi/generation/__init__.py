@@ -1,29 +1,43 @@
 """Generation behind one interface: (adapter name or None, conversation) -> text.
 
-    with make_backend(cfg, society) as generator:        # cfg.generation.backend picks it
+    with make_backend(cfg, society, run_dir) as generator:   # cfg.generation.backend picks it
         texts = generator.generate([("gen0", messages), (None, other)], seed=0, desc="round 1")
     generator.stats                                      # requests, new/prefilled tokens, cuts
 
 None is the bare base model (iteration 0, the summariser). Backends, one module each:
-    mfsi  our batched decoder on the in-process model (default; mfsi/generation/mfsi.py)
-    hf    Hugging Face's model.generate on the same model, for any causal LM (hf.py)
+    mfsi    our batched decoder on the in-process model (default; mfsi/generation/mfsi.py)
+    hf      Hugging Face's model.generate on the same model, for any causal LM (hf.py)
+    vllm    vLLM's engine, one per process, serving the base and every adapter (vllm.py)
+    openai  any OpenAI-compatible chat-completions endpoint; generation only (openai.py)
 Nothing outside this package depends on which backend runs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mfsi.generation.common import Backend, Request, Stats
 from mfsi.generation.hf import HFBackend
 from mfsi.generation.mfsi import MfsiBackend
-from mfsi.society import context_length
+from mfsi.generation.openai import OpenAIBackend
+from mfsi.generation.vllm import VllmBackend
 
-BACKENDS = {"mfsi": MfsiBackend, "hf": HFBackend}
+BACKENDS = {"mfsi": MfsiBackend, "hf": HFBackend, "vllm": VllmBackend, "openai": OpenAIBackend}
 
-__all__ = ["BACKENDS", "Backend", "HFBackend", "MfsiBackend", "Request", "Stats", "make_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "HFBackend",
+    "MfsiBackend",
+    "OpenAIBackend",
+    "Request",
+    "Stats",
+    "VllmBackend",
+    "make_backend",
+]
 
 
-def make_backend(cfg, society) -> Backend:
-    """The configured backend (cfg: the whole run config) over the society's current model."""
-    backend = BACKENDS[cfg.generation.backend]
-    context = context_length(cfg.model, society.model)
-    return backend(society.model, society.tokenizer, cfg.generation, context)
+def make_backend(cfg, society, run_dir: Path | None = None) -> Backend:
+    """The configured backend (cfg: the whole run config) over the society's current model
+    and adapters; run_dir is where the run keeps its files (the openai backend's cache)."""
+    return BACKENDS[cfg.generation.backend].create(cfg, society, run_dir)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import torch
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 from mfsi.chat import Message, cut_prompt, end_ids, render
 from mfsi.errors import ConfigError
 from mfsi.fitting import Piece, fit
+from mfsi.society import context_length
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,12 @@ class Backend:
     stats: Stats
     room: int | None = None
 
+    @classmethod
+    def create(cls, cfg, society, run_dir: Path | None = None) -> Backend:
+        """The backend a run asks for (cfg: the whole run config) over the society's current
+        model and adapters; run_dir is where the run keeps its files."""
+        raise NotImplementedError
+
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         """One text per request, in order; sampling is seeded per call."""
         raise NotImplementedError
@@ -89,6 +98,12 @@ class Backend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def request_seeds(seed: int, count: int) -> list[int]:
+    """A seed per request of a call seeded `seed`: a request's sample then does not depend on
+    what else is in the batch (engines and APIs that take per-request seeds)."""
+    return [zlib.crc32(f"{seed}/{i}".encode()) for i in range(count)]
 
 
 def free_memory(device: torch.device) -> int:
@@ -158,6 +173,11 @@ class LocalBackend(Backend):
     """
 
     prefill_chunk: int | None = None  # prompt positions per forward; None: the whole prompt
+
+    @classmethod
+    def create(cls, cfg, society, run_dir: Path | None = None) -> LocalBackend:
+        context = context_length(cfg.model, society.model)
+        return cls(society.model, society.tokenizer, cfg.generation, context)
 
     def __init__(self, model, tokenizer, cfg, context_length: int):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg

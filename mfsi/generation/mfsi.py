@@ -217,7 +217,7 @@ class MfsiBackend(LocalBackend):
                 input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=position,
-                cache=cache,
+                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=keep,
                 **adapter_kwargs(names),
