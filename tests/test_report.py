@@ -327,6 +327,6 @@ def test_an_unreadable_run_is_skipped_and_paths_without_runs_are_named(tmp_path,
         f"{tmp_path / 'misspelt'}: no such file or folder",
         f"{tmp_path / 'runs' / 'bad-config'}: cannot be read "
         f"({tmp_path / 'runs' / 'bad-config' / 'config.yaml'}: damaged, not valid YAML): run skipped",
-        f"{tmp_path / 'runs' / 'cut'}: cannot be read ({metrics}:3: damaged, not valid JSON "
+        f"{tmp_path / 'runs' / 'cut'}: cannot be read ({metrics}:3: not valid JSON "
         "(Unterminated string starting at)): run skipped",
     ]
