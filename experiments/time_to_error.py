@@ -52,6 +52,8 @@ CASES = [  # (overrides, what the message must say)
         "model.quantization=int8 with generation.backend=vllm",
     ),
     ("model=gpt35", "finetuning through an API is not supported"),
+    ("model=hf", "model.path has no value and the chosen preset needs one"),
+    ("finetune.max_length=1", "finetune.max_length=1: every finetuning example would be skipped"),
     (
         "model=gpt35 method=debate generation.api_key_env=MFSI_NO_KEY",
         "'MFSI_NO_KEY': that environment variable",

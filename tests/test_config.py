@@ -53,13 +53,20 @@ def test_defaults():
 def test_every_task_and_model_composes(task, model):
     api = model == "gpt35"  # generation only: no finetuning method
     method = ["method=debate"] if api else []
-    cfg = make(f"task={task}", f"model={model}", "agents=5", "debate.rounds=3", "seed=1", *method)
+    path = ["model.path=org/some-model"] if model == "hf" else []  # hf has no default model
+    cfg = make(f"task={task}", f"model={model}", "agents=5", "debate.rounds=3", "seed=1", *method, *path)
     assert (cfg.task.name, cfg.model.name, cfg.agents, cfg.debate.rounds) == (task, model, 5, 3)
     assert cfg.task.seed == 1  # splits follow the run seed
     validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)
     if model != "tiny":
         assert cfg.model.quantization == ("none" if api else "nf4") and cfg.debate.summarize is True
+
+
+def test_a_preset_that_needs_a_value_names_the_key():
+    """model=hf has no model to default to: not the tiny model under the label hf."""
+    with pytest.raises(ConfigError, match=r"model\.path has no value .* pass model\.path=<value>"):
+        validate(make("model=hf"))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -137,10 +144,28 @@ def test_cli_prints_the_composed_config(tmp_path):
     assert printed["task"]["name"] == "math" and printed["agents"] == 3
 
 
-def test_cli_typo_fails_with_a_clear_message(tmp_path):
-    out = run_py("agentz=3", cwd=tmp_path)
-    assert out.returncode != 0 and "Key 'agentz' not in 'Config'" in out.stderr
-    assert not (tmp_path / "runs").exists()
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("agentz=3", "Key 'agentz' not in 'Config'"),
+        ("task=bogus", "Could not find 'task/bogus'\n\nAvailable options in 'task':\n\tarithmetic"),
+        ("agents=three", "Value 'three' of type 'str' could not be converted to Integer"),
+    ],
+)
+def test_cli_hydra_errors_exit_2_with_hydras_message(tmp_path, override, message):
+    """Hydra's own errors are bad input too: exit status 2 as for every other, not Hydra's 1."""
+    out = run_py(override, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_uncreatable_run_directory_exits_2_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = run_py(f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        out.stderr == f"hydra.run.dir: cannot create or write {tmp_path / 'file' / 'run'} (Not a directory)\n"
+    )
 
 
 def test_cli_bad_data_exits_2_and_writes_nothing(tmp_path):
