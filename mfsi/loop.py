@@ -188,7 +188,7 @@ def check_prompt_room(cfg: DictConfig, task: Task, society: Society) -> None:
             "agents=%d: each round-2 prompt takes at least %d tokens (the other %d agents' answers, "
             "even if empty) where the context leaves %d (model.context_length %d - "
             "generation.max_new_tokens %d): at least %.0f%% of every such prompt will be cut; use "
-            "fewer agents%s or a longer context",
+            "fewer agents or a longer context",
             agents,
             tokens,
             agents - 1,
@@ -196,7 +196,6 @@ def check_prompt_room(cfg: DictConfig, task: Task, society: Society) -> None:
             context,
             cfg.generation.max_new_tokens,
             100 * (1 - room / tokens),
-            "" if cfg.debate.summarize else ", debate.summarize=true",
         )
 
 
