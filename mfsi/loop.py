@@ -20,7 +20,9 @@ differently is redone from its inputs with the same seeds (with a warning naming
 so the files come out the same. A config that changed in a way that invalidates finished
 stages is refused, naming the keys; `iterations` may grow, and logging/batching/device
 settings may change. Each start appends the config it ran with, and the keys that changed,
-to config_history.jsonl; config.yaml holds the latest. A lock keeps a second process out.
+to config_history.jsonl; config.yaml holds the latest. splits.json records the question
+ids and the SHA-256 of the data files they are positions in: changed data is refused too.
+A lock keeps a second process out.
 """
 
 from __future__ import annotations

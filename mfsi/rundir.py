@@ -5,7 +5,8 @@ the new one, which is what makes resuming safe. Each stage of a run ends by writ
 done marker (`seal`): the size and SHA-256 of every file the stage wrote (and the record
 count of a .jsonl) and of every file it read. On resume, `damage` says whether a finished
 stage is still intact and its inputs unchanged. `lock` keeps a second process out of a
-run directory in use.
+run directory in use. Reading names the file (and line) of a binary or undecodable file;
+written files get the mode the umask gives.
 """
 
 from __future__ import annotations

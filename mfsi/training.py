@@ -22,7 +22,10 @@ Choices:
   numbered >= loss_from_turn; a critic example (loss_from_turn=1) does not learn the
   generator's round-1 answer.
 - An example longer than finetune.max_length tokens is skipped, counted and logged:
-  cutting it would drop the final answer, the part the data was selected for.
+  cutting it would drop the final answer, the part the data was selected for. When every
+  example is, training stops with a ConfigError (an untrained adapter would pass for one).
+- A SIGTERM during fit never returns as a finished training (Lightning's graceful stop
+  would): it raises mfsi.console.Stopped.
 - precision "auto": bf16-mixed for a model on a GPU with bf16, else 32-true. The trained adapter's
   weights are kept in fp32 whatever the base dtype (AdamW updates in half precision
   lose small steps).
