@@ -497,6 +497,7 @@ def check_splits(task: Task, eval_task: Task, run_dir: Path) -> dict | None:
 
 
 def data_change(old: dict | None, new: dict | None) -> str:
+    """How a data file's record (rundir.describe) changed between two starts."""
     if old is None:
         return "not read by this run before"
     if new is None:

@@ -73,12 +73,22 @@ def read_text(path: Path) -> str:
     """A text file's contents (UTF-8; a leading BOM dropped, CRLF line ends kept). DataError
     naming the file, and the line, for a binary file or bytes that are not UTF-8."""
     data = Path(path).read_bytes()
+    _refuse_binary(path, data)
+    return _decode(path, data)
+
+
+def _refuse_binary(path: Path, data: bytes) -> None:
     if b"\0" in data:
         raise DataError(f"{path}: a binary file (it holds NUL bytes), not text")
+
+
+def _decode(path: Path, data: bytes, line: int | None = None) -> str:
+    """data as UTF-8 text, a BOM dropped; DataError naming path and the line (the given
+    one: data is that line) where it is not."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
+        line = line or data[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
 
 
@@ -93,19 +103,18 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, JSON value or the DataError naming file:line) for each non-blank line of
     a JSON-lines file; lines end in LF or CRLF, a BOM is dropped. A binary file is one error."""
     data = Path(path).read_bytes()
-    if b"\0" in data:
-        yield 1, DataError(f"{path}: a binary file (it holds NUL bytes), not JSON lines")
+    try:
+        _refuse_binary(path, data)
+    except DataError as e:
+        yield 1, e
         return
     for number, raw in enumerate(data.split(b"\n"), 1):
         try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            yield number, DataError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x})")
-            continue
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
+            line = _decode(path, raw, number)
+            if line.strip():
+                yield number, json.loads(line)
+        except DataError as e:
+            yield number, e
         except json.JSONDecodeError as e:
             yield number, DataError(f"{path}:{number}: not valid JSON ({e.msg})")
 

@@ -103,7 +103,7 @@ def test_cli_binary_data_file_exits_2_naming_it_and_leaves_no_directory(tmp_path
     data.write_bytes(b"\x1f\x8b\x08\x00 gzip, not JSON lines")
     out = cli("task=gsm", f"task.path={data}", *TINY, cwd=tmp_path)
     assert out.returncode == 2, out.stdout
-    assert f"{data}: a binary file (it holds NUL bytes), not JSON lines" in out.stdout
+    assert f"{data}: a binary file (it holds NUL bytes), not text" in out.stdout
     assert "Traceback" not in out.stdout and list(tmp_path.iterdir()) == [data]
 
 
@@ -245,7 +245,7 @@ def test_undecodable_run_files_are_named_and_the_run_resumes(run_copy, make, cap
     (run_copy / ".lock").write_bytes(b"\xff\x00")
     with caplog.at_level(logging.WARNING):
         summary = loop.run(make(), run_copy)
-    assert f"{run_copy / loop.HISTORY}: a binary file (it holds NUL bytes), not JSON lines" in caplog.text
+    assert f"{run_copy / loop.HISTORY}: a binary file (it holds NUL bytes), not text" in caplog.text
     assert f"{run_copy / 'metrics.jsonl'}:1: not UTF-8 text (byte 0xff): left out" in caplog.text
     assert summary["final"]["iteration"] == 1
     assert [r["iteration"] for r in rundir.read_jsonl(run_copy / "metrics.jsonl")] == [0, 1]

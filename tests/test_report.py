@@ -335,7 +335,7 @@ def test_an_unreadable_run_is_skipped_and_paths_without_runs_are_named(tmp_path,
 @pytest.mark.parametrize(
     "name,content,problem",
     [
-        ("binary", b"\x00\x01\x02", ": a binary file (it holds NUL bytes), not JSON lines"),
+        ("binary", b"\x00\x01\x02", ": a binary file (it holds NUL bytes), not text"),
         ("latin-1", '{"model": "caf\u00e9"}\n'.encode("latin-1"), ":1: not UTF-8 text (byte 0xe9)"),
         ("foreign", b'{"step": 1, "loss": 0.5}\n', ":1: not a metrics row of mfsi (no split)"),
         (

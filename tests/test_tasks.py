@@ -271,7 +271,7 @@ def test_the_files_read_are_known(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        (b"PK\x03\x04\x00\x00binary", ": a binary file (it holds NUL bytes), not JSON lines"),
+        (b"PK\x03\x04\x00\x00binary", ": a binary file (it holds NUL bytes), not text"),
         (
             '{"question": "caf\u00e9", "answer": "#### 1"}\n'.encode("latin-1") * 2,
             ":1: not UTF-8 text (byte 0xe9)",
