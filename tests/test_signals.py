@@ -21,6 +21,10 @@ from mfsi import console, loop, report, rundir, training
 from mfsi.console import Stopped
 
 ROOT = Path(__file__).resolve().parents[1]
+# One thread in the runs here and in process (the one_thread fixture): tiny matrices are
+# several times faster so on busy cores, and the in-process reference computes alike.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def signalled(args: list[str], cwd: Path, when: str, signum: int) -> tuple[int, str]:
@@ -29,6 +33,7 @@ def signalled(args: list[str], cwd: Path, when: str, signum: int) -> tuple[int, 
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), *args],
         cwd=cwd,
+        env=ONE_THREAD,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -55,38 +60,60 @@ def comparable(files: dict) -> dict:
     return {k: v for k, v in files.items() if not (k.startswith(".hydra/") or k.endswith(".log"))}
 
 
+# One agent, one round, one finetuned adapter (gen0) trained for 12 steps: the cheapest run
+# that trains, run by run.py with SMALL + ONE_AGENT and in process with make(*ONE_AGENT).
+ONE_AGENT = [
+    "method=single_agent_ft",
+    "agents=1",
+    "debate.rounds=1",
+    "task.n_train=4",
+    "task.n_eval=2",
+    "evaluation.diversity=false",
+    "finetune.epochs=3",
+    "finetune.batch_size=1",
+]
+
+
 def test_sigterm_inside_training_exits_143_and_the_same_command_resumes_to_the_same_files(
-    finished_run, snapshot, tmp_path
+    make, snapshot, tmp_path
 ):
     """Lightning turns SIGTERM into a graceful stop that returned as a finished fit (exit 0):
-    here it stops the run, and the resumed run ends with the files of an uninterrupted one
-    (the session's finished_run: the same settings in process). A resume refused afterwards
-    (another seed) leaves .hydra/ as the accepted start wrote it."""
+    here it stops the run, and the resumed run ends with the files of an uninterrupted one.
+    A resume refused afterwards (another seed) leaves .hydra/ as the accepted start wrote it."""
     run_dir = tmp_path / "run"
-    args = [*SMALL, f"hydra.run.dir={run_dir}"]
-    status, output = signalled(args, tmp_path, "critic0: training, ", signal.SIGTERM)
+    args = [*SMALL, *ONE_AGENT, f"hydra.run.dir={run_dir}"]
+    status, output = signalled(args, tmp_path, "gen0: training, ", signal.SIGTERM)
     assert status == 143, output
     said, command = stop_line(output)
-    assert said.endswith("stopped by SIGTERM during finetuning critic0 (iteration 1)")
+    assert said.endswith("stopped by SIGTERM during finetuning gen0 (iteration 1)")
     assert command == ["python", str(ROOT / "run.py"), *args] and "Traceback" not in output
-    assert not (run_dir / "iter_1/adapters/critic0.done.json").exists()  # not taken as trained
+    assert not (run_dir / "iter_1/adapters/gen0.done.json").exists()  # not taken as trained
     assert not list(run_dir.rglob("*.tmp"))
 
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, *command[1:]], cwd=tmp_path, env=ONE_THREAD, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert comparable(snapshot(run_dir)) == comparable(snapshot(finished_run[0]))
+    loop.run(make(*ONE_AGENT), tmp_path / "uninterrupted")
+    assert comparable(snapshot(run_dir)) == comparable(snapshot(tmp_path / "uninterrupted"))
 
     hydra = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     assert set(hydra) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
     refused = subprocess.run(
-        [sys.executable, *command[1:], "seed=1"], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, *command[1:], "seed=1"], cwd=tmp_path, env=ONE_THREAD, capture_output=True, text=True
     )
     assert refused.returncode == 2 and "made with another config (seed: 0 -> 1" in refused.stdout
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == hydra
 
 
 def test_ctrl_c_in_a_debate_exits_130_and_the_command_resumes(tmp_path):
-    args = ["method=debate", "logger=none", "task.n_eval=32", "evaluation.diversity=false"]
+    args = [
+        "method=debate",
+        "logger=none",
+        "task.n_eval=4",
+        "evaluation.diversity=false",
+        "generation.batch_size=4",
+    ]
     status, output = signalled(args, tmp_path, "debate round 1/", signal.SIGINT)
     assert status == 130, output
     said, command = stop_line(output)
@@ -95,7 +122,9 @@ def test_ctrl_c_in_a_debate_exits_130_and_the_command_resumes(tmp_path):
     assert "Traceback" not in output
     run_dir = Path(command[-1].removeprefix("hydra.run.dir="))
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "iter_0/debate_eval.done.json").exists()
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, *command[1:]], cwd=tmp_path, env=ONE_THREAD, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert len(rundir.read_jsonl(run_dir / "metrics.jsonl")) == 1
 
