@@ -31,10 +31,8 @@ def make(tmp_path: Path, *args: str, gpu: bool, venv: Path | None = None, dry_ru
     nvidia_smi = bin_dir / "nvidia-smi"
     nvidia_smi.write_text("#!/bin/sh\n" + ("echo 'GPU 0: stand-in'\n" if gpu else "exit 9\n"))
     nvidia_smi.chmod(0o755)
-    # Variables of an outer `make test VLLM=...` (MAKEFLAGS) or the shell must not leak in.
-    leaks = {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "VLLM", "EXTRAS", "VENV"}
-    env = {k: v for k, v in os.environ.items() if k not in leaks}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", DRY_RUN_RC=str(dry_run_rc))
+    # Only PATH: an outer `make test VLLM=... PYTEST_ARGS=...` exports its variables.
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DRY_RUN_RC": str(dry_run_rc)}
     venv = venv or tmp_path / "venv"
     command = ["make", "--no-print-directory", *args, f"VENV={venv}"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
