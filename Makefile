@@ -57,7 +57,8 @@ ifeq ($(VLLM),cpu)
 	$(PIP) uninstall --quiet --yes torchvision torchaudio torchcodec triton
 endif
 ifeq ($(TORCH_BUILD),cuda)
-	$(PY) -c "import sys, torch; sys.exit(None if $(CUDA_OK) else f'torch {torch.__version__} cannot use the GPU')"
+	$(PY) -c "import sys, torch; sys.exit(None if $(CUDA_OK) else \
+	f'torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU: README, Set-up')"
 endif
 	touch $@
 
