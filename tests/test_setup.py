@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-TORCH = next(pin for pin in PROJECT["dependencies"] if pin.startswith("torch=="))
+TORCH = next(pin for pin in (ROOT / "requirements.txt").read_text().split() if pin.startswith("torch=="))
 CPU_TORCH = f'"{TORCH}+cpu"'  # as the Makefile's install commands quote it
 CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
