@@ -181,7 +181,7 @@ def server(served_society, tmp_path_factory):
     """`vllm serve` of the shipped tiny model ("tiny") with its adapters (served under their
     names), on 127.0.0.1; its base URL. Stopped (with every process it
     started) after the module."""
-    pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs it)")
+    pytest.importorskip("vllm", reason="vLLM is not installed (VLLM=none, or macOS: README, Set-up)")
     port, log = free_port(), tmp_path_factory.mktemp("server") / "vllm.log"
     adapters = [f"{name}={folder}" for name, folder in served_society.folders.items()]
     # Without chunked prefill a CPU engine can seed each request (see mfsi/generation/vllm.py).

