@@ -175,9 +175,10 @@ def _failed(tokenizer: PreTrainedTokenizerBase, error: Exception) -> ConfigError
     line, source = _template_line(error), tokenizer.chat_template
     lines = source.splitlines() if isinstance(source, str) else []
     where = f" at line {line} ({lines[line - 1].strip()})" if line and line <= len(lines) else ""
+    said = " ".join(str(error).split())  # one line
     return ConfigError(
         f"the chat template of model {tokenizer.name_or_path!r} fails to render{where}: "
-        f"{type(error).__name__}: {error}; set model.chat_template=<a jinja file> whose template renders"
+        f"{type(error).__name__}: {said}; set model.chat_template=<a jinja file> whose template renders"
     )
 
 
