@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from mfsi.errors import ConfigError
 from mfsi.generation.common import LocalBackend, Request, request_seeds
 from mfsi.society import context_length, resolve
@@ -231,6 +233,12 @@ class VllmBackend(LocalBackend):
         texts = []
         for (adapter, _), prompt, out in zip(requests, prompts, outputs):
             tokens = list(out.outputs[0].token_ids)
+            if (
+                self.budget
+                and len(tokens) > self.budget.tokens
+                and self.budget.unfinished(torch.tensor([tokens]))[0]
+            ):
+                tokens = tokens[: self.budget.tokens]  # the engine ran on; as the other backends stop
             texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
             cached = out.num_cached_tokens or 0  # prompt tokens vLLM's prefix cache held
             self.stats.new_tokens += len(tokens)
