@@ -40,7 +40,7 @@ class OneAtATime:
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.fit = backend.fit
+        self.fit, self.opens_reasoning = backend.fit, backend.opens_reasoning
 
     def generate(self, requests, seed: int, desc: str = "") -> list[str]:
         return [self.backend.generate([r], seed=seed + i)[0] for i, r in enumerate(requests)]
@@ -51,7 +51,7 @@ class ByRound:
 
     def __init__(self, inner, stats):
         self.inner, self.stats = inner, stats
-        self.fit = inner.fit
+        self.fit, self.opens_reasoning = inner.fit, inner.opens_reasoning
         self.rounds: dict[str, dict] = {}
 
     def generate(self, requests, seed: int, desc: str = "") -> list[str]:

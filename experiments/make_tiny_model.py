@@ -6,7 +6,7 @@
 A 0.9M-parameter character-level Llama (mfsi/charlm.py) learns the arithmetic task
 a+b*c+d-e*f from generated data, speaking exactly the prompts the pipeline sends: every
 conversation is built with the task layer's prompt builders (Arithmetic.prompt,
-Task.debate_prompt) and rendered with mfsi.chat.render, the loss on the last assistant
+Task.debate_prompt) and rendered with mfsi.chat.sequences, the loss on the last assistant
 turn only. Answers are a short chain, e.g. "4*25=100, 27*8=8*27=216, 3+100=103, 103+6=109,
 109-216=-(216-109)=-(116-9)=-107. \\boxed{-107}": a product is written with its smaller
 factor first (465 facts to learn instead of 900), a subtraction in easy steps (see
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from mfsi.charlm import build_tokenizer, llama_config
-from mfsi.chat import Message, render
+from mfsi.chat import Message, sequences
 from mfsi.config import GenerationConfig
 from mfsi.debate import run_debate
 from mfsi.generation import MfsiBackend
@@ -158,7 +158,8 @@ def last_turn(tokenizer: PreTrainedTokenizerBase, messages: list[Message], gap: 
     """Token ids, labels (-100 except on the final assistant turn: earlier assistant turns
     are context, an own first answer may be wrong) and position ids, which jump by `gap`
     where the final turn starts, as if a debate's worth of text stood before it."""
-    r = render(tokenizer, messages, train=True)
+    turns = sum(m["role"] == "assistant" for m in messages)
+    [r] = sequences(tokenizer, messages, from_turn=turns - 1)
     ids, mask = r["input_ids"], r["assistant_masks"]
     start = len(mask)
     while start > 0 and mask[start - 1]:

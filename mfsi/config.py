@@ -39,6 +39,8 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     quantization: str = "none"  # none | nf4 | int8
     chat_template: str | None = None  # jinja file; None = the tokenizer's own
+    # Passed to every render of the chat template, e.g. {enable_thinking: false} (Qwen3)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     context_length: int | None = None  # prompt + new tokens must fit; None = the model's own maximum
     trust_remote_code: bool = False
     device: str = "auto"  # auto = the first GPU if there is one, else cpu; or cpu, cuda, cuda:1, ...
@@ -60,6 +62,9 @@ class DebateConfig:
     # critical: weigh the others' answers as advice (Du et al.) | cooperative: build on them
     style: str = "critical"
     agent_ids: bool = False  # tell each agent its id in its first prompt (unique-ID ablation)
+    # What the other agents (and the summariser) see of a reasoning model's response: its
+    # answer without the reasoning (answer) or the whole response (full)
+    share: str = "answer"
 
 
 @dataclass
@@ -67,6 +72,9 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 0.9
     max_new_tokens: int = 1024
+    # Reasoning models: a response still inside its reasoning (<think> without </think>)
+    # after this many new tokens ends there, without an answer; null = max_new_tokens only
+    max_reasoning_tokens: int | None = None
     # Rows per batch, or "auto": as many as fit memory_fraction of the free memory (the
     # accelerator's, else the RAM), each row counted with the keys and values of its longest
     # possible conversation (prompt + max_new_tokens) and its prefill activations
@@ -206,6 +214,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "method.selection": ("none", "multiagent", "single_agent", "majority", "star"),
     "debate.style": ("critical", "cooperative"),
+    "debate.share": ("answer", "full"),
     "finetune.init": ("previous", "base"),
     "generation.backend": ("mfsi", "hf", "vllm", "openai"),
     "generation.vllm_release": ("sleep", "shutdown", "keep"),
@@ -296,6 +305,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"generation.lookup_tokens={generation.lookup_tokens} with generation.backend="
             f"{generation.backend}: expected lookup_tokens=0 (only the mfsi backend checks drafts)"
+        )
+    budget = generation.max_reasoning_tokens
+    if budget is not None and not 1 <= budget < generation.max_new_tokens:
+        raise ConfigError(
+            f"generation.max_reasoning_tokens={budget}: expected null or an integer in [1, "
+            f"generation.max_new_tokens={generation.max_new_tokens}) (reasoning is part of a response)"
+        )
+    if budget is not None and generation.backend == "openai":
+        raise ConfigError(
+            "generation.max_reasoning_tokens with generation.backend=openai: expected null (the endpoint "
+            "generates; set its own reasoning budget there)"
         )
     if generation.backend == "vllm" and cfg.model.quantization == "int8":
         raise ConfigError(

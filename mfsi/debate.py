@@ -1,7 +1,8 @@
 """Batched multiagent debate (Du et al. 2023, with summarisation), one record per question.
 
     records = run_debate(task, problems, backend, roles(3, False, society.adapters),
-                         rounds=2, summarize=True, seed=0, style="critical", agent_ids=False)
+                         rounds=2, summarize=True, seed=0, style="critical", agent_ids=False,
+                         share="answer")
 
 Round 1: agent n's generator answers the question (told "You are agent n+1." first with
 agent_ids, the unique-ID ablation). Round m > 1: its critic answers again, seeing its own
@@ -11,6 +12,14 @@ as advice (style="critical") or to build on them (style="cooperative"). Every
 agent of a round sees a snapshot of the previous round, never a same-round answer (the
 official code updates agents in place and leaks). Each round is one batched backend call
 over all questions x agents, plus one call for the summaries.
+
+Reasoning models: a response is the whole generated text, its reasoning included; its
+answer is parsed from what follows its reasoning (mfsi.chat.final_answer), and a response
+whose reasoning never ended has no answer (it never votes, as an unparsed one). The other
+agents and the summariser see the others' answers without their reasoning, and the agents
+the summary without the summariser's (share="answer", as the reasoning-model templates
+themselves drop reasoning from history), or the whole texts (share="full"); an agent's own
+earlier turns are rendered by its template.
 
 Prompts are built from pieces (mfsi.fitting) and cut by `backend.fit` when too long for
 the context: the question and the instructions stay, the middles of the other agents'
@@ -27,7 +36,7 @@ from __future__ import annotations
 import zlib
 from functools import partial
 
-from mfsi.chat import Message
+from mfsi.chat import Message, final_answer
 from mfsi.fitting import Piece, reply
 from mfsi.tasks import BOXED, Problem, Task
 from mfsi.voting import majority
@@ -44,6 +53,12 @@ def seed_for(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
+def shared(text: str, share: str, opened: bool = False) -> str:
+    """What the other agents see of a response: all of it (share="full") or its answer
+    without the reasoning (share="answer"; nothing when the reasoning never ended)."""
+    return text if share == "full" else final_answer(text, opened) or ""
+
+
 def followups(
     task: Task,
     problems: list[Problem],
@@ -52,10 +67,14 @@ def followups(
     summarize: bool,
     seed: int,
     style: str = "critical",
+    share: str = "answer",
 ) -> tuple[list[list[Piece]], list[list[dict]]]:
-    """The round m>1 user message for each (question, agent), from round m-1's responses, and
-    for each question the summariser's requests and summaries (none without summarising)."""
-    others = [[tuple(r for k, r in enumerate(prev) if k != n) for n in range(len(prev))] for prev in previous]
+    """The round m>1 user message for each (question, agent), from round m-1's responses as
+    `shared` shows them, and for each question the summariser's requests and summaries (none
+    without summarising)."""
+    opened = backend.opens_reasoning
+    seen = [[shared(r, share, opened) for r in prev] for prev in previous]
+    others = [[tuple(r for k, r in enumerate(prev) if k != n) for n in range(len(prev))] for prev in seen]
     if not summarize or len(previous[0]) < 2:  # a lone agent has no others to summarise
         debate_prompt = partial(task.debate_prompt, style=style)
         asks = [
@@ -73,7 +92,10 @@ def followups(
     asked = [{"request": r, "summary": s} for r, s in zip(requests, summaries)]
     asked = [asked[q * agents : (q + 1) * agents] for q in range(len(problems))]
     asks = [
-        [Piece(lambda t: task.summary_prompt(t[0], style), (a["summary"],), rank=1) for a in per_q]
+        [
+            Piece(lambda t: task.summary_prompt(t[0], style), (shared(a["summary"], share, opened),), rank=1)
+            for a in per_q
+        ]
         for per_q in asked
     ]
     return asks, asked
@@ -89,6 +111,7 @@ def run_debate(
     seed: int,
     style: str = "critical",
     agent_ids: bool = False,
+    share: str = "answer",
 ) -> list[dict]:
     """Debate every problem with len(roles) agents for `rounds` rounds; see the module doc."""
     agents = len(roles)
@@ -103,7 +126,7 @@ def run_debate(
         if m > 0:
             previous = [r[m - 1] for r in responses]  # the snapshot every agent of round m sees
             asks, asked = followups(
-                task, problems, previous, backend, summarize, seed_for(seed, m, "summaries"), style
+                task, problems, previous, backend, summarize, seed_for(seed, m, "summaries"), style, share
             )
             conversations = [[c + [a] for c, a in zip(cs, ask)] for cs, ask in zip(conversations, asks)]
             for q, per_q in enumerate(asked):
@@ -117,16 +140,38 @@ def run_debate(
             responses[q].append(answered)
             conversations[q] = [c + [Piece(reply, (t,), rank=2)] for c, t in zip(conversations[q], answered)]
     return [
-        record(task, p, r, [[m for piece in c for m in piece.messages()] for c in cs], s, seed)
+        record(
+            task,
+            p,
+            r,
+            [[m for piece in c for m in piece.messages()] for c in cs],
+            s,
+            seed,
+            backend.opens_reasoning,
+        )
         for p, r, cs, s in zip(problems, responses, conversations, summaries)
     ]
 
 
+def parse(task: Task, text: str, opened: bool = False) -> str | None:
+    """The answer of a response: parsed from what follows its reasoning; None when nothing
+    parses or the reasoning never ended."""
+    final = final_answer(text, opened)
+    return None if final is None else task.extract_answer(final)
+
+
 def record(
-    task: Task, problem: Problem, responses: list[list[str]], conversations, summaries, seed: int
+    task: Task,
+    problem: Problem,
+    responses: list[list[str]],
+    conversations,
+    summaries,
+    seed: int,
+    opened: bool = False,
 ) -> dict:
-    """Parse every response, vote at every round, grade the final majority."""
-    answers = [[task.extract_answer(t) for t in per_round] for per_round in responses]
+    """Parse every response (`opened`: responses start inside their reasoning), vote at every
+    round, grade the final majority."""
+    answers = [[parse(task, t, opened) for t in per_round] for per_round in responses]
     key = f"{seed}/{problem.id}"
     majorities = [majority(a, task.equivalent, key=f"{key}/{m}") for m, a in enumerate(answers)]
     return {

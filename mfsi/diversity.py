@@ -11,7 +11,8 @@ to question q, r_qn its round-1 response, and p_n the next-token distribution of
   L2-normalised sentence embedding (all-MiniLM-L6-v2 by default; the paper uses T5-3B);
   `embedding_dissimilarity` returns the bracket per question, callers average it.
 - likelihood_diversity = mean over q and ordered pairs n != k of NLL_n(r_qk), where NLL_n(r)
-  is the mean per-token negative log-likelihood (nats) of r's assistant tokens under p_n,
+  is the mean per-token negative log-likelihood (nats) of r's tokens (the agent's text and
+  its end of turn, the tokens training learns: mfsi.chat.sequences) under p_n,
   teacher-forced after the round-1 prompt. Higher = the others say what agent n would not.
 - kl_divergence = mean over q and ordered pairs n != k of the mean over r_qk's tokens t of
   KL(p_n(.|r_qk,<t) || p_k(.|r_qk,<t)): how differently two agents continue k's own text.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from mfsi.chat import Message, cut_prompt, end_ids, render
+from mfsi.chat import Message, cut_prompt, end_ids, sequences
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def _batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Right-padded input ids, attention mask, a mask of the assistant (response) tokens, and
     how many prompts were cut to prompt_room tokens."""
-    full = [render(tokenizer, c, train=True, stop=stop) for c in conversations]
+    # Scored exactly as training lays a generator example out (one sequence: one assistant turn).
+    full = [sequences(tokenizer, c, stop=stop)[0] for c in conversations]
     rendered = full if prompt_room is None else [cut_prompt(r, prompt_room) for r in full]
     cut = sum(len(a["input_ids"]) != len(b["input_ids"]) for a, b in zip(full, rendered))
     width = max(len(r["input_ids"]) for r in rendered)

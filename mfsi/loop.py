@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -37,12 +38,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mfsi import console, rundir
-from mfsi.chat import end_ids, render
+from mfsi.chat import end_ids, final_answer, opens_reasoning, prompt_ids
 from mfsi.config import Config, validate
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import MODEL_BASED, embedding_dissimilarity, load_embedder, model_diversity
 from mfsi.errors import ConfigError, DataError
 from mfsi.generation import make_backend
+from mfsi.generation.common import ReasoningBudget
 from mfsi.generation.mfsi import unsupported
 from mfsi.generation.openai import api_key
 from mfsi.generation.vllm import check_setup
@@ -92,6 +94,7 @@ RESUMABLE = (
     "finetune.trainer.",
 )
 HISTORY = "config_history.jsonl"  # one line per start: when, the keys that changed, the config
+STARTED = "started.txt"  # the first start's time: the date chat templates render
 
 
 def run(cfg: DictConfig, run_dir: Path, launch: dict[str, str] | None = None) -> dict:
@@ -108,12 +111,14 @@ def run(cfg: DictConfig, run_dir: Path, launch: dict[str, str] | None = None) ->
         task = load_task(cfg.task)
         eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
         splits = check_splits(task, eval_task, run_dir)
-        society = load_society(cfg, task)
+        started = start_time(run_dir)
+        society = load_society(cfg, task, started)
         check_prompt_room(cfg, task, society)
         # Only now, with every input checked, does the run directory get its first files.
         if splits:
             rundir.write_json(run_dir / "splits.json", splits)
         record_config(cfg, run_dir, changed)
+        record_start(run_dir, started)
         for name, text in (launch or {}).items():
             rundir.write_text(run_dir / name, text)
         tracker = Tracker(cfg, run_dir)
@@ -133,32 +138,34 @@ def run(cfg: DictConfig, run_dir: Path, launch: dict[str, str] | None = None) ->
             tracker.finish()
 
 
-def load_society(cfg: DictConfig, task: Task) -> Society:
-    """The base model and its tokenizer, checked against the preset and the chat template; a
-    society without local weights when an API generates (generation.backend=openai)."""
+def load_society(cfg: DictConfig, task: Task, started: datetime | None = None) -> Society:
+    """The base model and its tokenizer (its chat template rendered with
+    model.chat_template_kwargs and the run's start time as the date), checked against the
+    preset and the chat template; a society without local weights when an API generates
+    (generation.backend=openai)."""
     if cfg.generation.backend == "openai":
         agents = max(cfg.agents, cfg.evaluation.agents or 0)
         served = [f"{role}{n}" for n in range(agents) for role in ("gen", "critic")]
         return Society(None, None, served if cfg.generation.served_adapters else ())
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, started)
     check_preset(cfg.model, tokenizer)  # before the weights load
     if cfg.method.selection != "none" and cfg.iterations > 0:
         check_max_length(cfg.finetune.max_length, tokenizer, task)
+    # Generation, training and the diversity metrics read conversations through the chat
+    # template: a template that fails to render, or a reasoning budget it cannot serve,
+    # stops the run now, before the weights load and hours of debate.
+    examples = sample_examples(task, cfg.debate.summarize)
+    check_encodable(tokenizer, None, examples)
+    ReasoningBudget.of(tokenizer, cfg.generation.max_reasoning_tokens, opens_reasoning(tokenizer))
     society = Society(load_model(cfg.model, tokenizer), tokenizer)
-    # Training and the diversity metrics read assistant turns through the chat template:
-    # a template they cannot use fails now, not after hours of debate.
-    check_encodable(
-        society.tokenizer,
-        end_ids(society.model, society.tokenizer),
-        sample_examples(task, cfg.debate.summarize),
-    )
+    check_encodable(tokenizer, end_ids(society.model, tokenizer), examples)
     return society
 
 
 def check_max_length(max_length: int, tokenizer, task: Task) -> None:
     """ConfigError when finetune.max_length is below the shortest example there can be (an
     empty question's prompt and one answer token): training would skip every example."""
-    tokens = len(render(tokenizer, task.prompt(Problem("", "", "")), train=False)["input_ids"]) + 1
+    tokens = len(prompt_ids(tokenizer, task.prompt(Problem("", "", "")))) + 1
     if max_length < tokens:
         raise ConfigError(
             f"finetune.max_length={max_length}: every finetuning example would be skipped, since even an "
@@ -182,7 +189,7 @@ def check_prompt_room(cfg: DictConfig, task: Task, society: Society) -> None:
     else:
         first = [*task.prompt(problem), {"role": "assistant", "content": ""}]
         prompt = [*first, task.debate_prompt(others, cfg.debate.style)]
-    tokens = len(render(society.tokenizer, prompt, train=False)["input_ids"])
+    tokens = len(prompt_ids(society.tokenizer, prompt))
     context = context_length(cfg.model, society.model)
     room = context - cfg.generation.max_new_tokens
     if tokens > 2 * room:
@@ -199,6 +206,27 @@ def check_prompt_room(cfg: DictConfig, task: Task, society: Society) -> None:
             cfg.generation.max_new_tokens,
             100 * (1 - room / tokens),
         )
+
+
+def start_time(run_dir: Path) -> datetime:
+    """When the run directory was first started (STARTED), or now for a new one: chat
+    templates that print today's date render every prompt of a run with it."""
+    path = run_dir / STARTED
+    try:
+        return datetime.fromisoformat(rundir.read_text(path).strip())
+    except FileNotFoundError:
+        return datetime.now().replace(microsecond=0)
+    except (ValueError, DataError):
+        raise DataError(
+            f"{path} is damaged (expected the run's start time, e.g. 2025-01-31T23:59:00): restore it "
+            "from a copy of this run, or write the day its first stage ran"
+        ) from None
+
+
+def record_start(run_dir: Path, started: datetime) -> None:
+    """Write the run's start time at its first start; later starts keep it."""
+    if not (run_dir / STARTED).exists():
+        rundir.write_text(run_dir / STARTED, started.isoformat() + "\n")
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -359,6 +387,7 @@ def selection_stage(
         seed=seed_for(cfg.seed, iteration, "select"),
         critic_weight=cfg.finetune.critic_weight,
         rationalised=rationalised,
+        opened=rationalised is not None and opens_reasoning(society.tokenizer),
     )
     if not any(datasets.values()):
         raise DataError(
@@ -546,13 +575,19 @@ def debate_stage(
             seed=seed_for(cfg.seed, iteration, split),
             style=cfg.debate.style,
             agent_ids=cfg.debate.agent_ids,
+            share=cfg.debate.share,
         )
+    opened = generator.opens_reasoning
     stats = {
         "cut": generator.stats.cut,
         "cut_tokens": generator.stats.cut_tokens,
         "truncated": generator.stats.truncated,
         "requests": generator.stats.requests,
         **generator.stats.tokens(),
+        # responses whose reasoning never ended (max_new_tokens or max_reasoning_tokens): no answer
+        "unfinished_reasoning": sum(
+            final_answer(text, opened) is None for r in records for texts in r["responses"] for text in texts
+        ),
         "seconds": round(time.time() - start, 2),
     }
     if stats["cut"]:

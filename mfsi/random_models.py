@@ -5,13 +5,16 @@
     folder = build("llama3", out, shape=SHAPES["8b"], dtype=torch.bfloat16)  # a real shape
 
 `build` saves a Hugging Face model folder that `model.path=<folder>` loads: a model of the
-family's architecture (Llama-3 with grouped-query attention, Mistral, Phi-3, Qwen2 with
-its q/k/v biases, Gemma-2) with random weights, its generation config (the end tokens
-generation stops at), and a small tokenizer that carries the family's real special tokens,
+family's architecture (Llama-3 with grouped-query attention, Llama-3.2 with tied
+embeddings, Mistral, Phi-3, Phi-4-mini with partial rotary embeddings, Qwen2 with its
+q/k/v biases, Qwen3, a DeepSeek-R1 distill of Qwen2, Gemma-2, Gemma-3 with sliding-window
+layers) with random weights, its generation config (the end tokens generation stops at),
+and a small tokenizer that carries the family's real special tokens,
 bos/eos and published chat template (tests/fixtures/chat_templates, sources in the README
 there). The real tokenizers cannot be downloaded here, so each is a BPE trained in
-milliseconds on the task prompts, in the family's style: byte-level (Llama-3, Qwen2) or
-SentencePiece-like with a "▁" word marker (Mistral, Phi-3, Gemma). For tests and
+milliseconds on the task prompts, in the family's style: byte-level (Llama-3, Qwen, Phi-4,
+Mistral-Small-3.1's Tekken) or SentencePiece-like with a "▁" word marker (Mistral, Phi-3,
+Gemma), reasoning models with <think> and </think> as tokens of their own. For tests and
 experiments/gpu_check.py; a run never uses it.
 """
 
@@ -22,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
     GenerationConfig,
     LlamaConfig,
     MistralConfig,
@@ -33,6 +37,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
 )
 
 from mfsi.paths import ROOT
@@ -52,6 +57,7 @@ class Family:
     extra: list[str]  # other special tokens of the chat format
     stop: list[str]  # tokens that end generation (the model's generation_config eos ids)
     arch: dict = field(default_factory=dict)  # config values that make the architecture
+    added: list[str] = field(default_factory=list)  # tokens of their own that decoding keeps (<think>)
 
 
 FAMILIES = {
@@ -95,6 +101,94 @@ FAMILIES = {
         extra=["<|endoftext|>", "<|im_start|>"],
         stop=["<|im_end|>", "<|endoftext|>"],
         arch={"rope_theta": 1000000.0, "tie_word_embeddings": True, "use_sliding_window": False},
+    ),
+    # Qwen/Qwen3-*: q/k norms, no biases; <think> and </think> are ordinary added tokens
+    # (decoding keeps them). Thinking by default; enable_thinking=false puts an empty think
+    # block in the generation prompt.
+    "qwen3": Family(
+        Qwen3Config,
+        "qwen3-0.6b.jinja",
+        byte_level=True,
+        specials={"eos": "<|im_end|>", "pad": "<|endoftext|>"},
+        extra=["<|endoftext|>", "<|im_start|>"],
+        stop=["<|im_end|>", "<|endoftext|>"],
+        arch={"rope_theta": 1000000.0, "tie_word_embeddings": True, "use_sliding_window": False},
+        added=["<think>", "</think>"],
+    ),
+    # deepseek-ai/DeepSeek-R1-Distill-Qwen-*: Qwen2 weights; the generation prompt opens
+    # <think>, and the template drops the reasoning of earlier turns.
+    "r1qwen": Family(
+        Qwen2Config,
+        "deepseek-r1-distill-qwen-32b.jinja",
+        byte_level=True,
+        specials={
+            "bos": "<｜begin▁of▁sentence｜>",
+            "eos": "<｜end▁of▁sentence｜>",
+            "pad": "<｜end▁of▁sentence｜>",
+        },
+        extra=["<｜User｜>", "<｜Assistant｜>"],
+        stop=["<｜end▁of▁sentence｜>"],
+        arch={"rope_theta": 10000.0, "tie_word_embeddings": False, "use_sliding_window": False},
+        added=["<think>", "</think>"],
+    ),
+    # microsoft/Phi-4-mini-instruct: Phi-3 blocks with rotary embeddings on 3/4 of each head
+    # (partial_rotary_factor), tied embeddings, a byte-level tokenizer.
+    "phi4mini": Family(
+        Phi3Config,
+        "phi4-mini-instruct.jinja",
+        byte_level=True,
+        specials={"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"},
+        extra=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>", "<|/tool|>"],
+        stop=["<|endoftext|>", "<|end|>"],
+        arch={"partial_rotary_factor": 0.75, "tie_word_embeddings": True},
+    ),
+    # meta-llama/Llama-3.2-3B-Instruct: tied embeddings, llama3 rope scaling; the template
+    # prints today's date (strftime_now) in the system turn of every conversation.
+    "llama3.2": Family(
+        LlamaConfig,
+        "llama3.2-3b-instruct.jinja",
+        byte_level=True,
+        specials={"bos": "<|begin_of_text|>", "eos": "<|eot_id|>"},
+        extra=["<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"],
+        stop=["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
+        arch={
+            "tie_word_embeddings": True,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 1024,
+            },
+        },
+    ),
+    # mistralai/Mistral-Small-3.1-24B-Instruct-2503's text model with its template (the
+    # system prompt holds today's date) and a byte-level tokenizer like its Tekken.
+    "mistral3.1": Family(
+        MistralConfig,
+        "mistral-small-3.1-24b-instruct-2503.jinja",
+        byte_level=True,
+        specials={"bos": "<s>", "eos": "</s>", "unk": "<unk>"},
+        extra=["[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"],
+        stop=["</s>"],
+        arch={"rope_theta": 1000000000.0, "sliding_window": None, "tie_word_embeddings": False},
+    ),
+    # google/gemma-3-*-it (text): sliding-window layers beside full ones (our decoder refuses
+    # them: generation.backend=hf); the assistant is "model".
+    "gemma3": Family(
+        Gemma3TextConfig,
+        "gemma3-it.jinja",
+        byte_level=False,
+        specials={"bos": "<bos>", "eos": "<eos>", "pad": "<pad>", "unk": "<unk>"},
+        extra=["<start_of_turn>", "<end_of_turn>"],
+        stop=["<eos>", "<end_of_turn>"],
+        arch={
+            "tie_word_embeddings": True,
+            "sliding_window": 64,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "query_pre_attn_scalar": 16,
+        },
     ),
     # google/gemma-2-2b-it: the assistant is "model"; eager attention (logit soft-capping).
     "gemma2": Family(
@@ -146,7 +240,7 @@ def build_tokenizer(
     else:  # SentencePiece-like: spaces become "▁", a word starts with one
         core = Tokenizer(models.BPE(unk_token=family.specials["unk"]))
         core.normalizer = normalizers.Replace(" ", "▁")
-        prepend = "never" if family.config is Gemma2Config else "first"
+        prepend = "never" if family.config in (Gemma2Config, Gemma3TextConfig) else "first"
         core.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=prepend)  # no merge across words
         core.decoder = decoders.Metaspace(prepend_scheme=prepend)
         alphabet = [c for c in map(chr, range(32, 127)) if c != " "] + ["\n", "▁"]
@@ -154,6 +248,7 @@ def build_tokenizer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
     )
     core.train_from_iterator(corpus(), trainer)
+    core.add_tokens([AddedToken(token, special=False, normalized=False) for token in family.added])
     if size and size > core.get_vocab_size():
         spec = json.loads(core.to_str())
         spec["model"]["vocab"].update({f"<extra_{i}>": i for i in range(core.get_vocab_size(), size)})

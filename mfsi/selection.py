@@ -37,7 +37,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from mfsi.chat import Message
+from mfsi.chat import Message, final_answer
 from mfsi.errors import ConfigError, DataError
 from mfsi.tasks import Problem, Task
 
@@ -125,17 +125,23 @@ def rationalisation_requests(records: list[Record], task: Task) -> list[tuple[st
 
 
 def star_examples(
-    records: list[Record], agent: int, task: Task, rationalised: dict[tuple[str, int], str]
+    records: list[Record],
+    agent: int,
+    task: Task,
+    rationalised: dict[tuple[str, int], str],
+    opened: bool = False,
 ) -> list[Example]:
     """STaR (uses the gold answer): correct round-1 answers, plus rationalisations that
-    reach the gold answer, trained under the ORIGINAL prompt (the hint is not shown)."""
+    reach the gold answer (read after their reasoning; `opened`: responses start inside it,
+    mfsi.chat.final_answer), trained under the ORIGINAL prompt (the hint is not shown)."""
     examples = []
     for r in records:
         if task.is_correct(r["answers"][0][agent], r["gold"]):
             examples.append(_example(r, agent, "gen", r["conversations"][agent][:2], "gen"))
             continue
         text = rationalised.get((r["id"], agent))
-        if text is not None and task.is_correct(task.extract_answer(text), r["gold"]):
+        final = None if text is None else final_answer(text, opened)
+        if final is not None and task.is_correct(task.extract_answer(final), r["gold"]):
             messages = [r["conversations"][agent][0], {"role": "assistant", "content": text}]
             examples.append(_example(r, agent, "rationalised", messages, "gen"))
     return examples
@@ -158,6 +164,7 @@ def select(
     seed: int,
     critic_weight: float = 0.5,
     rationalised: dict[tuple[str, int], str] | None = None,
+    opened: bool = False,
 ) -> dict[str, list[Example]]:
     """Finetuning sets by adapter name for method.selection (cfg.method), as described above.
 
@@ -165,7 +172,8 @@ def select(
     otherwise agent n's data goes to gen{n}/critic{n}. Critic sets exist only for the
     multiagent and single_agent selections with method.train_critics. Every adapter the
     method trains is a key, possibly with an empty list (nothing to learn this time).
-    star needs `rationalised` (see rationalisation_requests); "none" selects nothing.
+    star needs `rationalised` (see rationalisation_requests; `opened`: responses start inside
+    their reasoning, mfsi.chat.opens_reasoning); "none" selects nothing.
     """
     if method.selection == "none":
         return {}
@@ -182,7 +190,7 @@ def select(
     for slot, members in enumerate(groups):
         if method.selection == "star":
             datasets[f"gen{slot}"] = [
-                e for n in members for e in star_examples(records, n, task, rationalised)
+                e for n in members for e in star_examples(records, n, task, rationalised, opened)
             ]
         else:
             datasets[f"gen{slot}"] = [e for n in members for e in generator_examples(records, n, task)]

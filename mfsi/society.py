@@ -20,13 +20,16 @@ import os
 import shutil
 import tempfile
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PretrainedConfig
 
 from mfsi import rundir
+from mfsi.chat import set_template_kwargs
 from mfsi.errors import ConfigError
 from mfsi.paths import ROOT, find
 
@@ -86,8 +89,10 @@ def load_base(cfg) -> tuple[torch.nn.Module, object]:
     return load_model(cfg, tokenizer), tokenizer
 
 
-def load_tokenizer(cfg):
-    """The tokenizer of cfg.path with left padding, a pad token and a chat template."""
+def load_tokenizer(cfg, started: datetime | None = None):
+    """The tokenizer of cfg.path with left padding, a pad token and a chat template, rendered
+    with cfg.chat_template_kwargs and, given the run's start time, that time as the date
+    (mfsi.chat.set_template_kwargs)."""
     local = resolve(cfg.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -111,6 +116,7 @@ def load_tokenizer(cfg):
             f"model.path={cfg.path!r}: the tokenizer has no chat template; set "
             "model.chat_template=<a jinja file>"
         )
+    set_template_kwargs(tokenizer, OmegaConf.to_container(cfg.chat_template_kwargs), started)
     return tokenizer
 
 

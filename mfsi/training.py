@@ -15,15 +15,18 @@ and Lightning's moves of its module (to the device at setup, to the CPU at teard
 turned off.
 
 Choices:
-- Conversations are tokenised with mfsi.chat.render, the function generation uses, with
-  the model's own chat template: an example is laid out as generation saw its last turn
-  (that turn's prompt, then its answer). The loss covers the assistant tokens (the answer
-  and the template's end-of-turn tokens up to where generation stops) of assistant turns
-  numbered >= loss_from_turn; a critic example (loss_from_turn=1) does not learn the
-  generator's round-1 answer.
-- An example longer than finetune.max_length tokens is skipped, counted and logged:
-  cutting it would drop the final answer, the part the data was selected for. When every
-  example is, training stops with a ConfigError (an untrained adapter would pass for one).
+- Conversations are tokenised with mfsi.chat.sequences, from the renders generation uses,
+  with the model's own chat template: each trained turn is laid out as generation saw and
+  wrote it (its prompt, then the agent's text and the template's end of turn). The loss
+  covers the agent's text and end-of-turn tokens (up to where generation stops) of the
+  assistant turns numbered >= loss_from_turn, nothing the template adds by itself; a
+  critic example (loss_from_turn=1) does not learn the generator's round-1 answer. An
+  example is one sequence, or one per trained turn where the template renders earlier
+  turns otherwise later on (it drops their reasoning).
+- An example with a sequence longer than finetune.max_length tokens is skipped, counted
+  and logged: cutting it would drop the final answer, the part the data was selected for.
+  When every example is, training stops with a ConfigError (an untrained adapter would
+  pass for one).
 - A SIGTERM during fit never returns as a finished training (Lightning's graceful stop
   would): it raises mfsi.console.Stopped.
 - precision "auto": bf16-mixed for a model on a GPU with bf16, else 32-true. The trained adapter's
@@ -51,7 +54,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from mfsi.chat import end_ids, render
+from mfsi.chat import end_ids, sequences
 from mfsi.console import Stopped
 from mfsi.errors import ConfigError, DataError
 
@@ -60,34 +63,40 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens without loss (the cross-entropy ignore_index)
 
 
-def encode(tokenizer, example: dict, stop: Collection[int] | None = None) -> dict[str, list[int]]:
-    """input_ids and labels: the token itself on assistant turns >= loss_from_turn (each its
-    answer and end-of-turn tokens up to the first of `stop`), else -100."""
-    rendered = render(
-        tokenizer, example["messages"], train=True, stop=stop, from_turn=example["loss_from_turn"]
-    )
-    ids, mask = rendered["input_ids"], rendered["assistant_masks"]
-    if not any(mask):
+def encode(tokenizer, example: dict, stop: Collection[int] | None = None) -> list[dict[str, list[int]]]:
+    """The example's sequences (mfsi.chat.sequences), each as input_ids and labels: the token
+    itself on the agent's text and end-of-turn tokens of assistant turns >= loss_from_turn
+    (up to the first of `stop`), else -100."""
+    rows = sequences(tokenizer, example["messages"], stop=stop, from_turn=example["loss_from_turn"])
+    if not any(any(row["assistant_masks"]) for row in rows):
         raise DataError(
             f"example {example['id']!r}: no assistant tokens to learn from (no assistant turn "
-            f"numbered >= loss_from_turn={example['loss_from_turn']}, or the chat template renders it empty)"
+            f"numbered >= loss_from_turn={example['loss_from_turn']}, or an empty one)"
         )
-    return {"input_ids": ids, "labels": [token if m else IGNORE for token, m in zip(ids, mask)]}
+    return [
+        {
+            "input_ids": r["input_ids"],
+            "labels": [t if m else IGNORE for t, m in zip(r["input_ids"], r["assistant_masks"])],
+        }
+        for r in rows
+    ]
 
 
-def check_encodable(tokenizer, stop: Collection[int], examples: list[dict]) -> None:
+def check_encodable(tokenizer, stop: Collection[int] | None, examples: list[dict]) -> None:
     """Encode examples as training will, raising what training would raise, so that a chat
     template training cannot use fails at start-up; warn when a learned turn does not end
-    on a `stop` token, since generation would then never end an answer there."""
+    on a `stop` token, since generation would then never end an answer there (stop None:
+    before the model's end tokens are known, only the encoding is checked)."""
     for example in examples:
-        labels = [label for label in encode(tokenizer, example, stop)["labels"] if label != IGNORE]
-        if labels[-1] not in stop:
-            log.warning(
-                "the chat template ends an assistant turn with %r, which is not a token generation "
-                "stops at (%s): answers will run to generation.max_new_tokens",
-                tokenizer.decode(labels[-1:]),
-                tokenizer.convert_ids_to_tokens(sorted(stop)),
-            )
+        for row in encode(tokenizer, example, stop):
+            labels = [label for label in row["labels"] if label != IGNORE]
+            if stop is not None and labels[-1] not in stop:
+                log.warning(
+                    "the chat template ends an assistant turn with %r, which is not a token generation "
+                    "stops at (%s): answers will run to generation.max_new_tokens",
+                    tokenizer.decode(labels[-1:]),
+                    tokenizer.convert_ids_to_tokens(sorted(stop)),
+                )
 
 
 def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -239,8 +248,9 @@ def train_adapter(
     """
     stop = end_ids(model, tokenizer)
     encoded = [encode(tokenizer, e, stop) for e in examples]
-    kept = [e for e in encoded if len(e["input_ids"]) <= cfg.max_length]
-    skipped = len(encoded) - len(kept)
+    longest = [max(len(row["input_ids"]) for row in rows) for rows in encoded]
+    kept = [row for rows, n in zip(encoded, longest) if n <= cfg.max_length for row in rows]
+    skipped = sum(n > cfg.max_length for n in longest)
     if skipped:
         log.warning(
             "%s: skipped %d of %d examples longer than finetune.max_length=%d tokens (longest %d)",
@@ -248,16 +258,16 @@ def train_adapter(
             skipped,
             len(encoded),
             cfg.max_length,
-            max(len(e["input_ids"]) for e in encoded),
+            max(longest),
         )
-    result = {"adapter": adapter, "n_examples": len(kept), "n_skipped_too_long": skipped}
+    result = {"adapter": adapter, "n_examples": len(encoded) - skipped, "n_skipped_too_long": skipped}
     if not encoded:
         log.warning("%s: no examples to train on; the adapter is left as it is", adapter)
         return {**result, "steps": 0, "losses": []}
     if not kept:  # an adapter left untrained by a setting would look like one that learned nothing
         raise ConfigError(
             f"{adapter}: all {len(encoded)} finetuning examples are longer than finetune.max_length="
-            f"{cfg.max_length} tokens (the shortest has {min(len(e['input_ids']) for e in encoded)}): "
+            f"{cfg.max_length} tokens (the shortest has {min(longest)}): "
             "nothing to train on; raise finetune.max_length"
         )
     device = next(model.parameters()).device
@@ -294,7 +304,7 @@ def train_adapter(
         "%s: %d steps on %d examples, loss %.4f",
         adapter,
         trainer.global_step,
-        len(kept),
+        result["n_examples"],
         module.step_losses[-1],
     )
     return {**result, "steps": trainer.global_step, "losses": module.step_losses}

@@ -30,5 +30,6 @@ def check_versions(minimum: dict[str, str] = MINIMUM) -> None:
             problems.append(f"{package} {installed or '(not installed)'} (needs >= {needed})")
     if problems:
         raise ConfigError(
-            f"installed {', '.join(problems)}: `pip install -r requirements.txt` installs versions that work"
+            f"installed {', '.join(problems)}: "
+            "`make setup` (or `pip install -e .`) installs versions that work"
         )

@@ -93,7 +93,7 @@ def finished_run(make, tmp_path_factory):
 TIMING = {"seconds"}  # the only values allowed to differ between identical runs
 # Bookkeeping that differs between identical runs: when each start happened, the lock, and
 # the done markers (they hold the checksums of the debates' stats files, timing included).
-BOOKKEEPING = ("config_history.jsonl", ".lock", ".done.json")
+BOOKKEEPING = ("config_history.jsonl", "started.txt", ".lock", ".done.json")
 
 
 @pytest.fixture(scope="session")

@@ -108,11 +108,24 @@ def test_typos_fail_at_composition(override):
         ("generation.served_adapters=gen", "generation.served_adapters"),
         ("generation.concurrency=0", "generation.concurrency"),
         ("generation.retries=-1", "generation.retries"),
+        ("debate.share=thoughts", "debate.share"),
+        ("generation.max_reasoning_tokens=0", "generation.max_reasoning_tokens"),
+        ("generation.max_reasoning_tokens=112", "generation.max_reasoning_tokens"),  # = max_new_tokens
+        ("generation.max_reasoning_tokens=64 model=gpt35 method=debate", "generation.max_reasoning_tokens"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(make(override))
+        validate(make(*override.split()))
+
+
+def test_template_arguments_are_a_mapping_given_key_by_key():
+    cfg = make("+model.chat_template_kwargs.enable_thinking=false")
+    assert (
+        cfg.model.chat_template_kwargs == {"enable_thinking": False}
+        and make().model.chat_template_kwargs == {}
+    )
+    validate(make("generation.max_reasoning_tokens=64"))
 
 
 def test_multirun_grid_composes_four_jobs():

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mfsi.chat import cut_prompt, render
+from mfsi.chat import cut_prompt, sequences
 from mfsi.diversity import embedding_dissimilarity, model_diversity, round1_conversation
 
 
@@ -69,7 +69,7 @@ def model(tiny_model_dir):
 
 def own_nll(model, tokenizer, conversation, adapter: str) -> float:
     """Reference: mean NLL of the last assistant turn, one unpadded sequence at a time."""
-    rendered = render(tokenizer, conversation, train=True)
+    [rendered] = sequences(tokenizer, conversation)
     ids = torch.tensor([rendered["input_ids"]])
     model.set_adapter(adapter)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_a_prompt_longer_than_the_context_is_cut_as_generation_cuts_it(model, to
     """A 225k-character question: scored with its prompt cut to prompt_room tokens as
     generation cut it (the middle goes), instead of one forward over 225k positions."""
     question = "1+" * 112_500 + "1"
-    rendered = render(tokenizer, round1_conversation(record(question, ["2"], ["2"]), 0), train=True)
+    [rendered] = sequences(tokenizer, round1_conversation(record(question, ["2"], ["2"]), 0))
     prompt = rendered["assistant_masks"].index(1)
     cut = cut_prompt(rendered, room=100)
     assert cut["assistant_masks"].index(1) == 100  # the prompt is 100 tokens

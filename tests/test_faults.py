@@ -7,6 +7,7 @@ redone from its inputs, with a warning naming the file, and come out as before; 
 input that cannot be rebuilt must stop with a message naming it and what to do.
 """
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -79,6 +80,17 @@ def test_bad_values_stop_before_the_run_directory_exists(make, sliding_model, tm
         loop.run(make(*overrides.replace(SLIDING, str(sliding_model)).split()), run_dir)
     assert message in str(error.value)
     assert not run_dir.exists()  # no lock, no config.yaml: nothing to refuse a corrected value later
+
+
+def test_backend_vllm_without_vllm_stops_saying_why(make, tmp_path, monkeypatch):
+    """A virtualenv set up with VLLM=none (or on macOS) has no vLLM: the run stops before it starts."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError, match="vLLM is not installed .*VLLM=none"):
+        loop.run(make("generation.backend=vllm"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

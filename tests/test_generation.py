@@ -17,7 +17,7 @@ from mfsi.config import Config, GenerationConfig, LoraConfig, ModelConfig, TaskC
 from mfsi.debate import run_debate
 from mfsi.errors import ConfigError
 from mfsi.generation import BACKENDS, MfsiBackend
-from mfsi.generation.common import Footprint, split
+from mfsi.generation.common import Footprint, ReasoningBudget, split
 from mfsi.generation.mfsi import Prefix, Prefixes, PromptLookup, compaction, decode_attention, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
@@ -399,3 +399,21 @@ def test_batch_size_and_cache_settings_are_checked():
         cfg = OmegaConf.structured(Config(generation=GenerationConfig(**{key: bad})))
         with pytest.raises(ConfigError, match=f"generation.{key}"):
             validate(cfg)
+
+
+def test_a_reasoning_budget_cuts_only_responses_still_reasoning_at_it():
+    """ids: 7 = <think>, 8 = </think>, 0 = pad; a budget of 3 new tokens."""
+    new = torch.tensor(
+        [
+            [7, 1, 2, 3, 4, 0],  # opened its reasoning, not closed by token 3: cut
+            [7, 1, 8, 3, 4, 0],  # closed it in time: kept
+            [1, 2, 3, 4, 5, 6],  # no reasoning: kept
+            [1, 2, 0, 0, 0, 0],  # shorter than the budget: kept
+        ]
+    )
+    budget = ReasoningBudget(tokens=3, think=7, think_end=8, opened=False)
+    assert budget.unfinished(new).tolist() == [True, False, False, False]
+    assert budget.cut(new, pad=0).tolist() == [[7, 1, 2, 0, 0, 0], *new[1:].tolist()]
+    opened = ReasoningBudget(tokens=3, think=7, think_end=8, opened=True)  # the prompt opened it (R1)
+    assert opened.unfinished(new).tolist() == [True, False, True, True]
+    assert opened.cut(new, pad=0)[2].tolist() == [1, 2, 3, 0, 0, 0]

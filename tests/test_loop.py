@@ -206,14 +206,25 @@ def test_prompt_lookup_drafts_are_counted_in_the_metrics(make, tmp_path):
     assert 0 < row["accepted_tokens"] <= row["drafted_tokens"]
 
 
-def test_a_chat_template_training_cannot_read_stops_the_run_before_any_debate(make, tmp_path):
-    template = (ROOT / "models" / "tiny-arith" / "chat_template.jinja").read_text()
-    bad = tmp_path / "bad.jinja"  # the generation prompt ends in a newline no answer has
-    bad.write_text(
-        template.replace(
-            "{% if add_generation_prompt %}<|assistant|>", "{% if add_generation_prompt %}<|assistant|>\n"
-        )
-    )
-    with pytest.raises(ConfigError, match="model.chat_template"):
+def test_a_chat_template_that_fails_to_render_stops_the_run_before_the_weights_load(
+    make, tmp_path, monkeypatch
+):
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}\n{{ raise_exception('no roles') }}")
+    monkeypatch.setattr(loop, "load_model", lambda *args: pytest.fail("the weights were loaded"))
+    with pytest.raises(
+        ConfigError,
+        match=r"models/tiny-arith.* at line 2 \(.*\): TemplateError: no roles; set model\.chat_template=",
+    ):
         loop.run(make(f"model.chat_template={bad}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_start_time_is_recorded_once_and_a_damaged_one_is_refused(make, tmp_path):
+    loop.run(make("method=base"), tmp_path)
+    started = (tmp_path / "started.txt").read_text()
+    loop.run(make("method=base"), tmp_path)  # a resume keeps the first start's time
+    assert (tmp_path / "started.txt").read_text() == started and loop.start_time(tmp_path).year >= 2025
+    (tmp_path / "started.txt").write_text("yesterday")
+    with pytest.raises(DataError, match="started.txt is damaged"):
+        loop.run(make("method=base"), tmp_path)

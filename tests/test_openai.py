@@ -123,6 +123,10 @@ def test_answers_come_in_order_from_each_adapters_served_model_with_a_seed_each(
     assert all(b["max_tokens"] == 16 and b["temperature"] == 0.0 for b in endpoint.bodies)
     unseeded = backend(endpoint, request_seeds=False).generate([(None, ASK)], seed=5)
     assert unseeded == ["tiny|What is 3+4*5?|None"]
+    assert not any("chat_template_kwargs" in b for b in endpoint.bodies)  # OpenAI's API would refuse it
+    cfg = OmegaConf.structured(GenerationConfig(base_url=endpoint.url, api_key_env=None))
+    OpenAIBackend(cfg, "tiny", template_kwargs={"enable_thinking": False}).generate([(None, ASK)], seed=5)
+    assert endpoint.bodies[-1]["chat_template_kwargs"] == {"enable_thinking": False}  # vLLM's server takes it
 
 
 def test_rate_limits_server_errors_and_timeouts_are_retried(endpoint):
@@ -181,7 +185,7 @@ def server(served_society, tmp_path_factory):
     """`vllm serve` of the shipped tiny model ("tiny") with its adapters (served under their
     names), on 127.0.0.1; its base URL. Stopped (with every process it
     started) after the module."""
-    pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs it)")
+    pytest.importorskip("vllm", reason="vLLM is not installed (VLLM=none, or macOS: README, Set-up)")
     port, log = free_port(), tmp_path_factory.mktemp("server") / "vllm.log"
     adapters = [f"{name}={folder}" for name, folder in served_society.folders.items()]
     # Without chunked prefill a CPU engine can seed each request (see mfsi/generation/vllm.py).

@@ -67,14 +67,14 @@ def finetune_cfg(**overrides):
 
 
 def test_loss_mask_covers_only_the_critics_own_turn(tokenizer):
-    ids, labels = encode(tokenizer, CRITIC).values()
+    [(ids, labels)] = [row.values() for row in encode(tokenizer, CRITIC)]
     learnt = [t for t, label in zip(ids, labels) if label != IGNORE]
     assert [label for label in labels if label != IGNORE] == learnt
     assert tokenizer.decode(learnt) == "2 then<|end|>"
     # the labelled tokens are contiguous and end the conversation
     first = labels.index(learnt[0])
     assert all(label != IGNORE for label in labels[first:]) and len(labels) - first == len(learnt)
-    _, gen_labels = encode(tokenizer, DATA[0]).values()
+    [(_, gen_labels)] = [row.values() for row in encode(tokenizer, DATA[0])]
     assert tokenizer.decode([t for t in gen_labels if t != IGNORE]) == "2<|end|>"
 
 

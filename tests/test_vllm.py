@@ -14,7 +14,7 @@ from mfsi.random_models import build
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
-pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs it)")
+pytest.importorskip("vllm", reason="vLLM is not installed (VLLM=none, or macOS: README, Set-up)")
 vllm_backend = pytest.importorskip("mfsi.generation.vllm")
 pytestmark = pytest.mark.engine
 

@@ -15,7 +15,7 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
-from mfsi.chat import Message, cut_prompt, end_ids, render
+from mfsi.chat import THINK, THINK_END, Message, cut_prompt, end_ids, opens_reasoning, prompt_ids
 from mfsi.errors import ConfigError
 from mfsi.fitting import Piece, fit
 from mfsi.society import context_length
@@ -59,10 +59,12 @@ class Backend:
 
     A backend that can count a prompt's tokens sets `room` (the tokens a prompt may take:
     the context less max_new_tokens) and implements `count`; one that cannot leaves room
-    None, and conversations are sent whole."""
+    None, and conversations are sent whole. `opens_reasoning`: the chat template's
+    generation prompt opens a reasoning block, so responses start inside it (mfsi.chat)."""
 
     stats: Stats
     room: int | None = None
+    opens_reasoning: bool = False
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> Backend:
@@ -160,6 +162,47 @@ def adapter_kwargs(names: list[str] | None) -> dict:
     return {"adapter_names": names} if names is not None else {}
 
 
+@dataclass(frozen=True)
+class ReasoningBudget:
+    """generation.max_reasoning_tokens, the same on every local backend: a response whose
+    first `tokens` new tokens leave its reasoning open (it wrote <think>, or its prompt
+    opened the block: `opened`, and no </think> followed) ends there, without an answer.
+    Generation stops such a row early (mfsi: in its decode loop; hf: a stopping criterion;
+    vllm: its rows run on) and `cut` makes every backend's output the same."""
+
+    tokens: int
+    think: int  # the token ids of <think> and </think>
+    think_end: int
+    opened: bool
+
+    @staticmethod
+    def of(tokenizer, tokens: int | None, opened: bool) -> ReasoningBudget | None:
+        """The budget of generation.max_reasoning_tokens=tokens (None: no budget)."""
+        if tokens is None:
+            return None
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (THINK, THINK_END)]
+        if any(len(i) != 1 for i in ids):
+            raise ConfigError(
+                f"generation.max_reasoning_tokens={tokens}: the tokenizer of {tokenizer.name_or_path!r} has "
+                f"no single {THINK} and {THINK_END} tokens, so reasoning cannot be told from the answer: "
+                "expected a reasoning model (Qwen3, DeepSeek-R1 distills), or max_reasoning_tokens=null"
+            )
+        return ReasoningBudget(tokens, ids[0][0], ids[1][0], opened)
+
+    def unfinished(self, new: torch.Tensor) -> torch.Tensor:
+        """Per row of new token ids [rows, positions]: whether its first `tokens` leave the
+        reasoning open."""
+        first = new[:, : self.tokens]
+        thinking = (first == self.think).any(-1) | self.opened
+        return thinking & ~(first == self.think_end).any(-1)
+
+    def cut(self, new: torch.Tensor, pad: int) -> torch.Tensor:
+        """new with every row whose reasoning is still open after `tokens` cut there (padded)."""
+        new = new.clone()
+        new[self.unfinished(new), self.tokens :] = pad
+        return new
+
+
 class LocalBackend(Backend):
     """Generation with an in-process (PEFT-wrapped) Hugging Face causal LM.
 
@@ -191,6 +234,8 @@ class LocalBackend(Backend):
             )
         self.stats = Stats()
         self.eos_ids = end_ids(model, tokenizer)
+        self.opens_reasoning = opens_reasoning(tokenizer)
+        self.budget = ReasoningBudget.of(tokenizer, cfg.max_reasoning_tokens, self.opens_reasoning)
 
     def generate(self, requests: Sequence[Request], seed: int, desc: str = "generate") -> list[str]:
         torch.manual_seed(seed)
@@ -231,7 +276,7 @@ class LocalBackend(Backend):
         """The prompt's token ids, rendered once per call (`fit` counts them first)."""
         key = json.dumps(messages)
         if key not in self.rendered:
-            self.rendered[key] = render(self.tokenizer, messages, train=False)["input_ids"]
+            self.rendered[key] = prompt_ids(self.tokenizer, messages)
         return self.rendered[key]
 
     def _prompt(self, messages: list[Message]) -> list[int]:
@@ -263,6 +308,8 @@ class LocalBackend(Backend):
             if names is None and adapter is not None:
                 self.model.set_adapter(adapter)
             new = self._decode(input_ids, real, names, batch)
+        if self.budget:
+            new = self.budget.cut(new, pad)
         self.stats.new_tokens += int((new != pad).sum())
         self.stats.by_adapter[adapter or BASE] += len(prompts)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)

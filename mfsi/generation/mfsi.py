@@ -7,8 +7,8 @@ Batching, adapters and prompts as in `LocalBackend`. The KV cache grows in chunk
 lengthen (`KVBuffer`); the prompt is prefilled in chunks, a prompt that recurs in the
 batch with the same adapter only once, and a prompt that begins like a conversation of a
 recent call (the next debate round) only from where it departs (`Prefixes`); finished
-rows leave the batch; with lookup_tokens > 0 a step also checks tokens drafted by prompt
-lookup (`PromptLookup`).
+rows leave the batch (also a row past generation.max_reasoning_tokens still reasoning);
+with lookup_tokens > 0 a step also checks tokens drafted by prompt lookup (`PromptLookup`).
 Greedy, it writes what model.generate writes. It needs sdpa attention over the whole
 context (see `unsupported`); generation.backend=hf drives any model.
 """
@@ -150,7 +150,7 @@ class MfsiBackend(LocalBackend):
         new[:, 0] = token
         length = torch.ones(batch, dtype=torch.long, device=device)  # tokens sampled per row
         active = torch.arange(batch, device=device)  # the batch rows still generating
-        done = torch.isin(token, eos) | (length >= limit)
+        done = torch.isin(token, eos) | (length >= limit) | self._over_budget(new, length)
         while not done.all():
             if done.sum() * 4 >= len(active):  # drop finished rows: copying the cache costs less
                 self._store(cache, active, done, rows, new, width, eos)
@@ -191,10 +191,17 @@ class MfsiBackend(LocalBackend):
             new[active[:, None].expand_as(kept)[kept], (length[:, None] + offsets)[kept]] = sampled[kept]
             length = length + count
             token = sampled.gather(-1, (count - 1).clamp(min=0)[:, None]).squeeze(-1)
-            done |= ended.any(-1) | (length >= limit)
+            done |= ended.any(-1) | (length >= limit) | self._over_budget(new[active], length)
         self._store(cache, active, done, rows, new, width, eos)
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, cache.peak)
         return new
+
+    def _over_budget(self, new: torch.Tensor, length: torch.Tensor) -> torch.Tensor | bool:
+        """Rows past generation.max_reasoning_tokens with their reasoning still open (`cut`
+        then trims what a step's drafts wrote beyond it)."""
+        if self.budget is None:
+            return False
+        return (length >= self.budget.tokens) & self.budget.unfinished(new)
 
     def _store(self, cache: KVBuffer, active, done, rows, new, width: int, eos: torch.Tensor) -> None:
         """Give the prefix store the conversations of the finished rows in the cache: prompt

@@ -5,7 +5,8 @@
         generation.api_key_env=null                     # e.g. `vllm serve` of the run's model
 
 A request is one chat completion of its conversation (the server applies its own chat
-template) by the model served for its adapter: generation.served_base (default model.path)
+template, with model.chat_template_kwargs when set, as vLLM's server takes them) by the
+model served for its adapter: generation.served_base (default model.path)
 for None, generation.served_adapters with {adapter} replaced for gen{n}/critic{n} (what
 `vllm serve --lora-modules gen0=<folder> ...` serves; the loop then debates with them).
 Up to generation.concurrency requests are in flight; the `openai` client gives each attempt
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from mfsi import rundir
@@ -86,12 +88,18 @@ class OpenAIBackend(Backend):
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> OpenAIBackend:
         cache = run_dir / CACHE if run_dir is not None and cfg.generation.cache else None
-        return cls(cfg.generation, served_base=cfg.generation.served_base or cfg.model.path, cache=cache)
+        return cls(
+            cfg.generation,
+            served_base=cfg.generation.served_base or cfg.model.path,
+            cache=cache,
+            template_kwargs=OmegaConf.to_container(cfg.model.chat_template_kwargs),
+        )
 
-    def __init__(self, cfg, served_base: str, cache: Path | None = None):
+    def __init__(self, cfg, served_base: str, cache: Path | None = None, template_kwargs: dict | None = None):
         import openai  # imported here: only this backend needs it
 
         self.cfg, self.served_base = cfg, served_base
+        self.template_kwargs = template_kwargs or {}
         self.client = openai.OpenAI(
             base_url=cfg.base_url, api_key=api_key(cfg), timeout=cfg.timeout, max_retries=cfg.retries
         )
@@ -142,6 +150,8 @@ class OpenAIBackend(Backend):
             "temperature": self.cfg.temperature,
             "top_p": self.cfg.top_p,
         }
+        if self.template_kwargs:  # a field of vLLM's server, passed to its chat template
+            body["extra_body"] = {"chat_template_kwargs": self.template_kwargs}
         return {**body, "seed": seed} if self.cfg.request_seeds else body
 
     def _complete(self, body: dict) -> dict:

