@@ -4,9 +4,11 @@
 
 Each case runs the real CLI (default config, the tiny model, logger=none) in a fresh
 temporary folder and must exit with status 2, print the expected message and leave no run
-directory. Prints wall-clock seconds per case, Python start-up and imports included: the
-values only the config decides fail before the heavy imports (torch, transformers,
-Lightning); those that need the model's config.json, the embedder or Lightning after them.
+directory. Prints wall-clock seconds per case, Python start-up and imports included: Hydra's
+own errors (an unknown option or key, a value of the wrong type, a run directory it cannot
+create) and the values only the config decides fail before the heavy imports (torch,
+transformers, Lightning); those that need the model's config.json or tokenizer, the embedder
+or Lightning after them.
 """
 
 from __future__ import annotations
@@ -52,10 +54,20 @@ CASES = [  # (overrides, what the message must say)
         "model.quantization=int8 with generation.backend=vllm",
     ),
     ("model=gpt35", "finetuning through an API is not supported"),
+    ("model=hf", "model.path has no value and the chosen preset needs one"),
+    ("finetune.max_length=1", "finetune.max_length=1: every finetuning example would be skipped"),
     (
         "model=gpt35 method=debate generation.api_key_env=MFSI_NO_KEY",
         "'MFSI_NO_KEY': that environment variable",
     ),
+]
+
+
+HYDRA_CASES = [  # (overrides, message): Hydra's own errors, before the job starts
+    ("agentz=3", "Key 'agentz' not in 'Config'"),
+    ("task=bogus", "Could not find 'task/bogus'\n\nAvailable options in 'task':\n\tarithmetic"),
+    ("agents=three", "Value 'three' of type 'str' could not be converted to Integer"),
+    ("hydra.run.dir=/dev/null/run", "hydra.run.dir: cannot create or write /dev/null/run (Not a directory)"),
 ]
 
 
@@ -109,7 +121,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model = sliding_window_model(Path(tmp) / "sliding")
-        for overrides, message in CASES:
+        for overrides, message in HYDRA_CASES + CASES:
             result = time_case(overrides.replace(SLIDING, str(model)).split())
             ok = result["status"] == 2 and message in result["output"] and not result["left"]
             results.append({"overrides": overrides, "ok": ok, **result})

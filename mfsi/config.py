@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mfsi.errors import ConfigError
 
@@ -33,7 +33,9 @@ class TaskConfig:
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    path: str = "models/tiny-arith"  # HF id or local folder (relative: to cwd, then repo root)
+    # HF id or local folder (relative: to cwd, then repo root); required, no default here:
+    # each model preset sets it (conf/model/tiny.yaml: the shipped tiny model), or asks for it
+    path: str = MISSING
     dtype: str = "float32"  # float32 | bfloat16 | float16
     quantization: str = "none"  # none | nf4 | int8
     chat_template: str | None = None  # jinja file; None = the tokenizer's own
@@ -220,6 +222,9 @@ CHOICES = {
     "logger.mode": (None, "online", "offline", "disabled"),
 }
 
+REQUIRED = {  # keys a preset may leave as ??? (no default), and what to give them
+    "model.path": "a Hugging Face hub id or a local folder with the model",
+}
 AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
 AT_LEAST_0 = (lambda v: v >= 0, "a number >= 0")
 POSITIVE = (lambda v: v > 0, "a number > 0")
@@ -322,6 +327,12 @@ def validate(cfg: DictConfig) -> None:
             f"method.name={cfg.method.name!r} with generation.backend=openai: expected base, majority or "
             "debate; finetuning through an API is not supported (the adapters train on local weights: "
             "use generation.backend=vllm or mfsi for it)"
+        )
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} has no value and the chosen preset needs one: pass {missing[0]}=<value>"
+            + (f" ({REQUIRED[missing[0]]})" if missing[0] in REQUIRED else "")
         )
 
 

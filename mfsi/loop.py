@@ -20,7 +20,9 @@ differently is redone from its inputs with the same seeds (with a warning naming
 so the files come out the same. A config that changed in a way that invalidates finished
 stages is refused, naming the keys; `iterations` may grow, and logging/batching/device
 settings may change. Each start appends the config it ran with, and the keys that changed,
-to config_history.jsonl; config.yaml holds the latest. A lock keeps a second process out.
+to config_history.jsonl; config.yaml holds the latest. splits.json records the question
+ids and the SHA-256 of the data files they are positions in: changed data is refused too.
+A lock keeps a second process out.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mfsi import rundir
-from mfsi.chat import end_ids, final_answer, opens_reasoning
+from mfsi import console, rundir
+from mfsi.chat import end_ids, final_answer, opens_reasoning, prompt_ids
 from mfsi.config import Config, validate
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import MODEL_BASED, embedding_dissimilarity, load_embedder, model_diversity
@@ -60,7 +62,7 @@ from mfsi.society import (
     resolve_device,
     roles,
 )
-from mfsi.tasks import Task, load_task
+from mfsi.tasks import Problem, Task, load_task
 from mfsi.tracking import Tracker, plot_iterations, plot_rounds
 from mfsi.training import check_encodable, check_trainer, train_adapter
 from mfsi.versions import check_versions
@@ -95,8 +97,11 @@ HISTORY = "config_history.jsonl"  # one line per start: when, the keys that chan
 STARTED = "started.txt"  # the first start's time: the date chat templates render
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the configured experiment in run_dir (resuming it) and return its summary."""
+def run(cfg: DictConfig, run_dir: Path, launch: dict[str, str] | None = None) -> dict:
+    """Run the configured experiment in run_dir (resuming it) and return its summary.
+    launch: more files to record how this start was launched ({relative path: text}; run.py
+    passes Hydra's .hydra/*.yaml), written with config.yaml once the run directory is accepted."""
+    console.doing("start-up (checks, data, model)")
     check_versions()
     validate(cfg)
     preflight(cfg)
@@ -105,12 +110,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         changed = check_resume(cfg, run_dir)
         task = load_task(cfg.task)
         eval_task = load_task(cfg.eval_task) if cfg.eval_task else task
+        splits = check_splits(task, eval_task, run_dir)
         started = start_time(run_dir)
         society = load_society(cfg, task, started)
+        check_prompt_room(cfg, task, society)
         # Only now, with every input checked, does the run directory get its first files.
-        record_splits(task, eval_task, run_dir)
+        if splits:
+            rundir.write_json(run_dir / "splits.json", splits)
         record_config(cfg, run_dir, changed)
         record_start(run_dir, started)
+        for name, text in (launch or {}).items():
+            rundir.write_text(run_dir / name, text)
         tracker = Tracker(cfg, run_dir)
         iterations = cfg.iterations if cfg.method.selection != "none" else 0
         try:
@@ -139,6 +149,8 @@ def load_society(cfg: DictConfig, task: Task, started: datetime | None = None) -
         return Society(None, None, served if cfg.generation.served_adapters else ())
     tokenizer = load_tokenizer(cfg.model, started)
     check_preset(cfg.model, tokenizer)  # before the weights load
+    if cfg.method.selection != "none" and cfg.iterations > 0:
+        check_max_length(cfg.finetune.max_length, tokenizer, task)
     # Generation, training and the diversity metrics read conversations through the chat
     # template: a template that fails to render, or a reasoning budget it cannot serve,
     # stops the run now, before the weights load and hours of debate.
@@ -150,15 +162,61 @@ def load_society(cfg: DictConfig, task: Task, started: datetime | None = None) -
     return society
 
 
+def check_max_length(max_length: int, tokenizer, task: Task) -> None:
+    """ConfigError when finetune.max_length is below the shortest example there can be (an
+    empty question's prompt and one answer token): training would skip every example."""
+    tokens = len(prompt_ids(tokenizer, task.prompt(Problem("", "", "")))) + 1
+    if max_length < tokens:
+        raise ConfigError(
+            f"finetune.max_length={max_length}: every finetuning example would be skipped, since even an "
+            f"empty question takes {tokens - 1} tokens before its answer with this chat template; "
+            "expected the length of the longest conversations to learn from (default 2048)"
+        )
+
+
+def check_prompt_room(cfg: DictConfig, task: Task, society: Society) -> None:
+    """Warn, before any debate, when the round-2 prompts must lose more than half of their
+    tokens to fit the context: they hold the other agents' answers, so they grow with the
+    agents however short the answers are. Counted with empty answers: real ones lose more."""
+    if society.tokenizer is None:  # an API generates: nothing local to count with
+        return
+    agents = max([a for a, rounds in (shape(cfg, "train"), shape(cfg, "eval")) if rounds > 1], default=1)
+    if agents < 2:
+        return
+    problem, others = Problem("", "", ""), [""] * (agents - 1)
+    if cfg.debate.summarize:  # the summariser is sent all the others' answers
+        prompt = task.summary_request(problem, others)
+    else:
+        first = [*task.prompt(problem), {"role": "assistant", "content": ""}]
+        prompt = [*first, task.debate_prompt(others, cfg.debate.style)]
+    tokens = len(prompt_ids(society.tokenizer, prompt))
+    context = context_length(cfg.model, society.model)
+    room = context - cfg.generation.max_new_tokens
+    if tokens > 2 * room:
+        log.warning(
+            "agents=%d: each round-2 prompt takes at least %d tokens (the other %d agents' answers, "
+            "even if empty) where the context leaves %d (model.context_length %d - "
+            "generation.max_new_tokens %d): at least %.0f%% of every such prompt will be cut; use "
+            "fewer agents or a longer context",
+            agents,
+            tokens,
+            agents - 1,
+            room,
+            context,
+            cfg.generation.max_new_tokens,
+            100 * (1 - room / tokens),
+        )
+
+
 def start_time(run_dir: Path) -> datetime:
     """When the run directory was first started (STARTED), or now for a new one: chat
     templates that print today's date render every prompt of a run with it."""
     path = run_dir / STARTED
     try:
-        return datetime.fromisoformat(path.read_text(encoding="utf-8").strip())
+        return datetime.fromisoformat(rundir.read_text(path).strip())
     except FileNotFoundError:
         return datetime.now().replace(microsecond=0)
-    except ValueError:
+    except (ValueError, DataError):
         raise DataError(
             f"{path} is damaged (expected the run's start time, e.g. 2025-01-31T23:59:00): restore it "
             "from a copy of this run, or write the day its first stage ran"
@@ -243,15 +301,22 @@ def last_config(run_dir: Path) -> dict | None:
     run directories made before the history), None for a new run directory."""
     path, history = run_dir / "config.yaml", run_dir / HISTORY
     entries = rundir.read_jsonl(history, skip_damaged=True) if history.exists() else []
+    entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("config"), dict)]
     try:
-        shown = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
-    except yaml.YAMLError:
+        shown = yaml.safe_load(rundir.read_text(path)) if path.exists() else None
+    except (yaml.YAMLError, DataError):
         shown = None
     if entries:
         if path.exists() and shown != entries[-1]["config"]:
             log.warning("%s is damaged or was edited: the run's config is read from %s", path, history)
         return entries[-1]["config"]
     if not path.exists():
+        if finished_stages(run_dir):
+            raise DataError(
+                f"{run_dir} holds finished stages but neither config.yaml nor {HISTORY}, so what "
+                "made them is unknown: restore those files from a copy of this run, or use a new "
+                "run directory"
+            )
         return None
     if isinstance(shown, dict) and shown:
         return shown
@@ -260,8 +325,7 @@ def last_config(run_dir: Path) -> dict | None:
         return None
     raise DataError(
         f"{path} is damaged and there is no {HISTORY} to restore it from: restore it from a copy "
-        "of this run, or delete it to resume with the config given now (the finished stages are "
-        "then assumed to match it)"
+        "of this run, or use a new run directory"
     )
 
 
@@ -309,6 +373,7 @@ def selection_stage(
     if stage_done(folder):
         names = rundir.read_json(folder / "sizes.json")
         return {name: rundir.read_jsonl(folder / f"{name}.jsonl") for name in names}
+    console.doing(f"the data selection of iteration {iteration}")
     inputs = [debate_path(run_dir, iteration - 1, "train")]
     rationalised = None
     if cfg.method.selection == "star":
@@ -344,6 +409,7 @@ def rationalise_stage(
     """STaR: answers to the wrongly answered train questions, re-asked with a hint."""
     path = run_dir / f"iter_{iteration}" / "rationalisations.jsonl"
     if not stage_done(path):
+        console.doing(f"the rationalisations of iteration {iteration}")
         requests = rationalisation_requests(records, task)
         players = roles(cfg.agents, cfg.method.shared, society.adapters)
         with make_backend(cfg, society, run_dir) as generator:
@@ -384,6 +450,7 @@ def finetune_stage(
                 _copy_folder(previous, out)
                 rundir.seal(done_marker(out), [out], inputs)
             else:
+                console.doing(f"finetuning {name} (iteration {iteration})")
                 if cfg.finetune.init == "previous" and previous.exists():
                     society.load(name, previous)
                 else:
@@ -415,21 +482,17 @@ def _copy_folder(source: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def record_splits(task: Task, eval_task: Task, run_dir: Path) -> None:
-    """Save train/eval ids; a resumed run must have the same ones (same seed and sizes)."""
-    splits = {"train": [p.id for p in task.split("train")], "eval": [p.id for p in eval_task.split("eval")]}
-    path = run_dir / "splits.json"
-    try:
-        recorded = rundir.read_json(path) if path.exists() else None
-    except DataError as e:  # rebuilt below: the config it follows from was checked
-        log.warning("%s; rewritten from the task", e)
-        recorded = None
-    if recorded != splits:
-        if recorded is not None and finished_stages(run_dir):
-            raise ConfigError(
-                f"{path}: this run directory was made with other questions (task, seed or sizes differ)"
-            )
-        rundir.write_json(path, splits)
+def check_splits(task: Task, eval_task: Task, run_dir: Path) -> dict | None:
+    """The train/eval ids and the data files they are positions in (size, SHA-256), to record
+    in splits.json; None when recorded already. A run directory with finished stages must
+    have the same ones: other questions (task, seed or sizes) or a changed data file stop
+    here, naming it."""
+    files = dict.fromkeys(str(f.resolve()) for f in [*task.files, *eval_task.files])
+    splits = {
+        "train": [p.id for p in task.split("train")],
+        "eval": [p.id for p in eval_task.split("eval")],
+        "data": {f: rundir.describe(Path(f)) for f in files},
+    }
     log.info(
         "%d train (%s) / %d eval (%s) questions",
         len(splits["train"]),
@@ -437,6 +500,38 @@ def record_splits(task: Task, eval_task: Task, run_dir: Path) -> None:
         len(splits["eval"]),
         eval_task.name,
     )
+    path = run_dir / "splits.json"
+    try:
+        recorded = rundir.read_json(path) if path.exists() else None
+    except DataError as e:  # rebuilt: the config it follows from was checked
+        log.warning("%s; rewritten from the task", e)
+        recorded = None
+    if recorded == splits:
+        return None
+    if recorded is not None and finished_stages(run_dir):
+        old, new = recorded.get("data", splits["data"]), splits["data"]  # no "data": made before it was kept
+        changed = [f for f in sorted(old.keys() | new.keys()) if old.get(f) != new.get(f)]
+        if changed:
+            shown = "; ".join(f"{f} ({data_change(old.get(f), new.get(f))})" for f in changed[:3])
+            raise DataError(
+                f"data changed since {run_dir} was made: {shown}. Question ids are positions in "
+                "these files, so the finished stages would not match the questions now: restore "
+                "the data, or use a new run directory"
+            )
+        if (recorded.get("train"), recorded.get("eval")) != (splits["train"], splits["eval"]):
+            raise ConfigError(
+                f"{path}: this run directory was made with other questions (task, seed or sizes differ)"
+            )
+    return splits
+
+
+def data_change(old: dict | None, new: dict | None) -> str:
+    """How a data file's record (rundir.describe) changed between two starts."""
+    if old is None:
+        return "not read by this run before"
+    if new is None:
+        return "no longer read"
+    return f"{new['bytes']} bytes with SHA-256 {new['sha256'][:12]}..., {old['sha256'][:12]}... before"
 
 
 def shape(cfg: DictConfig, split: str) -> tuple[int, int]:
@@ -466,6 +561,7 @@ def debate_stage(
     if stage_done(path):
         log.info("resume: %s is done, skipping that debate", path)
         return rundir.read_jsonl(path), rundir.read_json(stats_path), False
+    console.doing(f"the {split} debate of iteration {iteration}")
     agents, rounds = shape(cfg, split)
     start = time.time()
     with make_backend(cfg, society, run_dir) as generator:
@@ -525,6 +621,7 @@ def evaluate(
     if logged and not ran:
         return logged[-1]
     agents, rounds = shape(cfg, "eval")
+    console.doing(f"the metrics of iteration {iteration}")
     metrics = debate_metrics(records, task)
     scores = diversity(cfg, society, records, agents) if cfg.evaluation.diversity else {}
     per_question = {**metrics.pop("per_question"), **scores.pop("per_question", {})}
@@ -577,6 +674,7 @@ def diversity(cfg: DictConfig, society: Society, records: list[dict], agents: in
 
 def write_results(cfg: DictConfig, run_dir: Path, rows: list[dict]) -> dict:
     """summary.json, the plots and a table of accuracy per iteration on stdout."""
+    console.doing("writing the results")
     summary = {
         "task": cfg.task.name,
         "method": cfg.method.name,

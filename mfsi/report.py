@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +54,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mfsi import rundir  # noqa: E402
+from mfsi import console, rundir  # noqa: E402
 from mfsi.errors import DataError  # noqa: E402
 from mfsi.stats import Difference, Pair, mcnemar, mean_sem, paired_bootstrap  # noqa: E402
 
@@ -131,19 +133,46 @@ def load_runs(paths: list[Path], iteration: int | None = None) -> list[Run]:
     return runs
 
 
+ROW = {  # what the report reads of an eval row: key -> type
+    "iteration": int,
+    "model": str,
+    "task": str,
+    "method": str,
+    "agents": int,
+    "rounds": int,
+    "accuracy": (int, float),
+    "stderr": (int, float),
+}
+
+
 def read_run(metrics: Path, iteration: int | None) -> Run | None:
-    """The run whose metrics.jsonl this is, read up to `iteration`; None without eval rows."""
-    by_iteration = {r["iteration"]: r for r in rundir.read_jsonl(metrics) if r.get("split") == "eval"}
+    """The run whose metrics.jsonl this is, read up to `iteration`. DataError naming file:line
+    for a line that is not an eval row of mfsi, and for a file without eval rows."""
+    by_iteration = {}
+    for number, row in rundir.json_lines(metrics):
+        if isinstance(row, DataError):
+            raise row
+        if not isinstance(row, dict) or row.get("split") not in ("eval", "train"):
+            raise DataError(f"{metrics}:{number}: not a metrics row of mfsi (no split)")
+        wrong = [key for key, kind in ROW.items() if not isinstance(row.get(key), kind)]
+        if row["split"] == "eval" and wrong:
+            raise DataError(f"{metrics}:{number}: not a metrics row of mfsi (no {', '.join(wrong)})")
+        if row["split"] == "eval":
+            by_iteration[row["iteration"]] = row
+    if not by_iteration:
+        raise DataError(f"{metrics}: no evaluation rows (empty)")
     rows = [by_iteration[i] for i in sorted(by_iteration) if iteration is None or i <= iteration]
     if not rows:
         return None
     config = metrics.parent / "config.yaml"
     try:
-        settings = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
+        settings = (yaml.safe_load(rundir.read_text(config)) or {}) if config.exists() else {}
     except yaml.YAMLError:
         raise DataError(f"{config}: damaged, not valid YAML") from None
+    if not isinstance(settings, dict):
+        raise DataError(f"{config}: not a run's config (a mapping of settings)")
     planned = settings.get("iterations")
-    if settings.get("method", {}).get("selection") == "none":  # the loop stops after iteration 0
+    if (settings.get("method") or {}).get("selection") == "none":  # the loop stops after iteration 0
         planned = 0
     if iteration is not None and planned is not None:
         planned = min(planned, iteration)
@@ -567,7 +596,9 @@ def main() -> None:
     parser.add_argument("--iteration", type=int, help="read every run as of this iteration")
     args = parser.parse_args()
     logging.basicConfig(format="%(levelname)s: %(message)s")
-    result = build_report(args.run_dirs, args.out, args.iteration)
+    console.doing(f"the report into {args.out}")
+    with console.stop_on_signals(shlex.join(["python", "-m", "mfsi.report", *sys.argv[1:]])):
+        result = build_report(args.run_dirs, args.out, args.iteration)
     print(f"{len(result['runs'])} runs -> {Path(args.out) / 'report.md'}")
 
 

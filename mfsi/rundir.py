@@ -5,7 +5,8 @@ the new one, which is what makes resuming safe. Each stage of a run ends by writ
 done marker (`seal`): the size and SHA-256 of every file the stage wrote (and the record
 count of a .jsonl) and of every file it read. On resume, `damage` says whether a finished
 stage is still intact and its inputs unchanged. `lock` keeps a second process out of a
-run directory in use.
+run directory in use. Reading names the file (and line) of a binary or undecodable file;
+written files get the mode the umask gives.
 """
 
 from __future__ import annotations
@@ -29,10 +30,28 @@ from mfsi.errors import DataError, MfsiError
 log = logging.getLogger(__name__)
 
 
-def write_text(path: Path, text: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # the process's, read once: os.umask can only be read by setting it
+
+
+def temporary(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new file beside path, to be renamed onto it once written: (descriptor, its path). Its
+    mode is what open() would give under the umask (mkstemp's 0600 would hide results from
+    the group)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~UMASK)
+    return fd, tmp
+
+
+def write_text(path: Path, text: str) -> None:
+    fd, tmp = temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -50,36 +69,75 @@ def write_jsonl(path: Path, records: Iterable[Any]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def read_text(path: Path) -> str:
+    """A text file's contents (UTF-8; a leading BOM dropped, CRLF line ends kept). DataError
+    naming the file, and the line, for a binary file or bytes that are not UTF-8."""
+    data = Path(path).read_bytes()
+    _refuse_binary(path, data)
+    return _decode(path, data)
+
+
+def _refuse_binary(path: Path, data: bytes) -> None:
+    if b"\0" in data:
+        raise DataError(f"{path}: a binary file (it holds NUL bytes), not text")
+
+
+def _decode(path: Path, data: bytes, line: int | None = None) -> str:
+    """data as UTF-8 text, a BOM dropped; DataError naming path and the line (the given
+    one: data is that line) where it is not."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = line or data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: damaged, not valid JSON ({e})") from None
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value or the DataError naming file:line) for each non-blank line of
+    a JSON-lines file; lines end in LF or CRLF, a BOM is dropped. A binary file is one error."""
+    data = Path(path).read_bytes()
+    try:
+        _refuse_binary(path, data)
+    except DataError as e:
+        yield 1, e
+        return
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = _decode(path, raw, number)
+            if line.strip():
+                yield number, json.loads(line)
+        except DataError as e:
+            yield number, e
+        except json.JSONDecodeError as e:
+            yield number, DataError(f"{path}:{number}: not valid JSON ({e.msg})")
 
 
 def read_jsonl(path: Path, skip_damaged: bool = False) -> list[Any]:
     """The records of a JSONL file. A damaged line raises DataError naming file:line, or is
     left out with a warning when skip_damaged."""
     records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line:
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
+    for _, record in json_lines(path):
+        if isinstance(record, DataError):
             if not skip_damaged:
-                raise DataError(f"{path}:{number}: damaged, not valid JSON ({e.msg})") from None
-            log.warning("%s:%d: damaged, not valid JSON: left out", path, number)
+                raise record
+            log.warning("%s: left out", record)
+        else:
+            records.append(record)
     return records
 
 
 def append_jsonl(path: Path, record: Any) -> None:
-    """Append one record by rewriting the file atomically (files here are small)."""
+    """Append one record by rewriting the file atomically (files here are small); damaged
+    lines are dropped, with a warning each."""
     path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and not old.endswith("\n"):  # a cut last line stays on its own line
-        old += "\n"
-    write_text(path, old + json.dumps(record) + "\n")
+    write_jsonl(path, [*(read_jsonl(path, skip_damaged=True) if path.exists() else []), record])
 
 
 # --- stage markers -------------------------------------------------------------------------
@@ -167,7 +225,7 @@ def lock(run_dir: Path) -> Iterator[None]:
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".lock"
-    f = open(path, "a+", encoding="utf-8")
+    f = open(path, "a+", encoding="utf-8", errors="replace")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -14,6 +14,7 @@ model, which also writes the debate summaries.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PretrainedConfig
 
+from mfsi import rundir
 from mfsi.chat import set_template_kwargs
 from mfsi.errors import ConfigError
 from mfsi.paths import ROOT, find
@@ -108,7 +110,7 @@ def load_tokenizer(cfg, started: datetime | None = None):
         template = find(cfg.chat_template)
         if template is None or not template.is_file():
             raise ConfigError(f"model.chat_template={cfg.chat_template!r}: no such file")
-        tokenizer.chat_template = template.read_text(encoding="utf-8")
+        tokenizer.chat_template = rundir.read_text(template)
     if not tokenizer.chat_template:
         raise ConfigError(
             f"model.path={cfg.path!r}: the tokenizer has no chat template; set "
@@ -260,10 +262,21 @@ class Society:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
             self.model.save_pretrained(tmp, selected_adapters=[name])  # lands in tmp/name/
+            _sort_target_modules(Path(tmp) / name / "adapter_config.json")
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(Path(tmp) / name, folder)
         self.folders[name] = folder
+
+
+def _sort_target_modules(path: Path) -> None:
+    """PEFT writes target_modules from a set, in an order that changes from process to process
+    (string hashing): sorted, an adapter redone identically is the same file, and the stages
+    that read it are not redone. Written as PEFT writes it otherwise."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def roles(agents: int, shared: bool, trained: Collection[str]) -> list[tuple[str | None, str | None]]:

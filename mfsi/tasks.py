@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfsi import grading
+from mfsi import grading, rundir
 from mfsi.errors import DataError
 from mfsi.paths import find
 
@@ -55,8 +55,9 @@ class Task:
     name = "task"
     instruction = "{question}"
 
-    def __init__(self, splits: dict[str, list[Problem]]):
+    def __init__(self, splits: dict[str, list[Problem]], files: list[Path] = ()):
         self._splits = splits
+        self.files = list(files)  # the local data files read (question ids are positions in them)
 
     def split(self, name: str) -> list[Problem]:
         if name not in self._splits:
@@ -170,18 +171,14 @@ def _arithmetic_pool(n: int, seed: int) -> list[Problem]:
 
 
 def read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(line number, record) for each non-blank line; a malformed line names file and line."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object")
-            yield number, record
+    """(line number, record) for each non-blank line (LF or CRLF, a UTF-8 BOM dropped); a line
+    that is not a JSON object names file and line, a binary file names the file."""
+    for number, record in rundir.json_lines(path):
+        if isinstance(record, DataError):
+            raise record
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, one per line")
+        yield number, record
 
 
 def _require(record: dict, keys: tuple[str, ...], where: str) -> None:
@@ -234,23 +231,19 @@ def parse_problem(task: str, record: dict, id_: str, where: str, levels: list[in
     return _gsm_problem(record, id_, where) if task == "gsm" else _math_problem(record, id_, where, levels)
 
 
-def read_local(path: str, key: str = "task.path") -> dict[str, list[tuple[dict, str, str]]]:
-    """{'train'|'test'|'all': [(record, id, where)]} from a JSONL file or a directory."""
+def local_files(path: str, key: str = "task.path") -> dict[str, list[Path]]:
+    """{'train'|'test'|'all': data files} of a JSONL file or a directory."""
     root = find(path) or Path(path).expanduser()
     if not root.exists():
         raise DataError(f"{key}={path!r} does not exist")
     if root.is_file():
-        return {"all": [(r, f"{root.stem}/{n}", f"{root}:{n}") for n, r in read_jsonl(root)]}
-    parts: dict[str, list] = {}
+        return {"all": [root]}
+    parts: dict[str, list[Path]] = {}
     for part in ("train", "test"):
         if (root / f"{part}.jsonl").is_file():
-            file = root / f"{part}.jsonl"
-            parts[part] = [(r, f"{part}/{n}", f"{file}:{n}") for n, r in read_jsonl(file)]
+            parts[part] = [root / f"{part}.jsonl"]
         elif (root / part).is_dir():  # MATH layout: part/subject/id.json
-            parts[part] = [
-                (_read_json(f), f"{part}/{f.parent.name}/{f.stem}", str(f))
-                for f in sorted((root / part).glob("*/*.json"))
-            ]
+            parts[part] = sorted((root / part).glob("*/*.json"))
     if not parts:
         raise DataError(
             f"{key}={path!r} holds no data: expected train.jsonl/test.jsonl, "
@@ -259,11 +252,31 @@ def read_local(path: str, key: str = "task.path") -> dict[str, list[tuple[dict, 
     return parts
 
 
+def read_files(files: dict[str, list[Path]]) -> dict[str, list[tuple[dict, str, str]]]:
+    """{part: [(record, id, where)]} of local_files: an id is the line's number in its part's
+    file, or part/subject/name of a MATH-layout file."""
+    parts: dict[str, list] = {}
+    for part, paths in files.items():
+        parts[part] = []
+        for path in paths:
+            if part != "all" and path.suffix == ".json":
+                parts[part].append((_read_json(path), f"{part}/{path.parent.name}/{path.stem}", str(path)))
+            else:
+                prefix = path.stem if part == "all" else part
+                parts[part] += [(r, f"{prefix}/{n}", f"{path}:{n}") for n, r in read_jsonl(path)]
+    return parts
+
+
+def read_local(path: str, key: str = "task.path") -> dict[str, list[tuple[dict, str, str]]]:
+    """{'train'|'test'|'all': [(record, id, where)]} from a JSONL file or a directory."""
+    return read_files(local_files(path, key))
+
+
 def _read_json(path: Path) -> dict:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(rundir.read_text(path))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg})") from None
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(record, dict):
         raise DataError(f"{path}: expected a JSON object")
     return record
@@ -335,12 +348,15 @@ def load_task(cfg: Any) -> Task:
         return Arithmetic({"eval": pool[: cfg.n_eval], "train": pool[cfg.n_eval :]})
     if cfg.name not in ("gsm", "math"):
         raise DataError(f"unknown task {cfg.name!r}: expected arithmetic, gsm or math")
-    raw = read_local(cfg.path) if cfg.path else _hub_parts(cfg)
+    files = local_files(cfg.path) if cfg.path else {}
+    raw = read_files(files) if cfg.path else _hub_parts(cfg)
     if cfg.get("eval_path"):  # e.g. MATH500: eval on that file, train on the rest of task.path
-        raw = {"train": _every(raw), "test": _every(read_local(cfg.eval_path, key="task.eval_path"))}
+        eval_files = local_files(cfg.eval_path, key="task.eval_path")
+        raw = {"train": _every(raw), "test": _every(read_files(eval_files))}
+        files = {**files, "eval": _every(eval_files)}
     pools = {
         part: [p for r, i, w in records if (p := parse_problem(cfg.name, r, i, w, list(cfg.levels)))]
         for part, records in raw.items()
     }
     task_class = GSM if cfg.name == "gsm" else MATH
-    return task_class(_draw(pools, cfg.n_train, cfg.n_eval, cfg.seed))
+    return task_class(_draw(pools, cfg.n_train, cfg.n_eval, cfg.seed), files=_every(files))

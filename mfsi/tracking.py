@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import tempfile
 import uuid
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mfsi import rundir
+from mfsi.errors import DataError
 
 log = logging.getLogger(__name__)
 TRANSCRIPTS = 8  # questions shown in each W&B transcript table
@@ -56,7 +56,10 @@ def start_wandb(cfg: DictConfig, run_dir: Path, verbose: bool = False):
     import wandb
 
     id_file = Path(run_dir) / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else ""
+    try:
+        run_id = rundir.read_text(id_file).strip() if id_file.exists() else ""
+    except DataError:  # damaged: a new W&B run, as for any id that is not one
+        run_id = ""
     if not run_id.isalnum():  # new, or damaged: a new W&B run
         run_id = uuid.uuid4().hex[:8]
         rundir.write_text(id_file, run_id)
@@ -108,7 +111,12 @@ class Tracker:
     def logged(self) -> list[dict]:
         """The rows logged so far; a damaged line is left out (with a warning), so its
         evaluation is computed again, and the next row written drops it from the file."""
-        return rundir.read_jsonl(self.metrics_path, skip_damaged=True) if self.metrics_path.exists() else []
+        rows = rundir.read_jsonl(self.metrics_path, skip_damaged=True) if self.metrics_path.exists() else []
+        ours = [r for r in rows if isinstance(r, dict) and {"iteration", "split"} <= r.keys()]
+        if len(ours) < len(rows):
+            left_out = len(rows) - len(ours)
+            log.warning("%s: %d lines are not metrics rows: left out", self.metrics_path, left_out)
+        return ours
 
     def log(self, row: dict, records: list[dict]) -> None:
         """Add row to metrics.jsonl (in place of an earlier row of the same evaluation, whose
@@ -185,9 +193,7 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    fd, tmp = rundir.temporary(path, suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

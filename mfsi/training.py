@@ -25,6 +25,10 @@ Choices:
   turns otherwise later on (it drops their reasoning).
 - An example with a sequence longer than finetune.max_length tokens is skipped, counted
   and logged: cutting it would drop the final answer, the part the data was selected for.
+  When every example is, training stops with a ConfigError (an untrained adapter would
+  pass for one).
+- A SIGTERM during fit never returns as a finished training (Lightning's graceful stop
+  would): it raises mfsi.console.Stopped.
 - precision "auto": bf16-mixed for a model on a GPU with bf16, else 32-true. The trained adapter's
   weights are kept in fp32 whatever the base dtype (AdamW updates in half precision
   lose small steps).
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -46,9 +51,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from mfsi.chat import end_ids, sequences
+from mfsi.console import Stopped
 from mfsi.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,10 @@ class AdapterModule(pl.LightningModule):
         teardown. This module's model is the society's, which generation goes on using, so
         it stays where it is: the trainer runs on the model's device (`trainer_devices`)."""
         return self
+
+    def on_train_start(self) -> None:
+        steps = self.trainer.estimated_stepping_batches
+        log.info("%s: training, %d optimizer steps", self.model.active_adapter, steps)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
@@ -250,9 +261,15 @@ def train_adapter(
             max(longest),
         )
     result = {"adapter": adapter, "n_examples": len(encoded) - skipped, "n_skipped_too_long": skipped}
-    if not kept:
+    if not encoded:
         log.warning("%s: no examples to train on; the adapter is left as it is", adapter)
         return {**result, "steps": 0, "losses": []}
+    if not kept:  # an adapter left untrained by a setting would look like one that learned nothing
+        raise ConfigError(
+            f"{adapter}: all {len(encoded)} finetuning examples are longer than finetune.max_length="
+            f"{cfg.max_length} tokens (the shortest has {min(longest)}): "
+            "nothing to train on; raise finetune.max_length"
+        )
     device = next(model.parameters()).device
     pl.seed_everything(seed, workers=True, verbose=False)
     loader = DataLoader(
@@ -277,7 +294,12 @@ def train_adapter(
             log_every_n_steps=1,
             default_root_dir=log_dir or tmp,
         )
-        trainer.fit(module, train_dataloaders=loader)
+        try:
+            trainer.fit(module, train_dataloaders=loader)
+        except SIGTERMException:  # Lightning's graceful stop: a SystemExit with status 0
+            raise Stopped(signal.SIGTERM) from None
+    if trainer.received_sigterm:  # it came after the last step: fit returned, but the run stops
+        raise Stopped(signal.SIGTERM)
     log.info(
         "%s: %d steps on %d examples, loss %.4f",
         adapter,

@@ -126,7 +126,7 @@ ADAPTERS = ("gen0", "gen1", "critic0", "critic1")
 def served_society(tmp_path_factory):
     """The shipped tiny model with the random LoRA adapters of two agents (gen0, gen1, critic0,
     critic1 at finetune.lora's rank), saved as the loop saves them: what the engine tests serve."""
-    society = Society(*load_base(OmegaConf.structured(ModelConfig())))
+    society = Society(*load_base(OmegaConf.structured(ModelConfig(path="models/tiny-arith"))))
     folder = tmp_path_factory.mktemp("adapters")
     for n, name in enumerate(ADAPTERS):
         torch.manual_seed(n)

@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from experiments.time_to_error import HYDRA_CASES
 from mfsi.config import register, validate
 from mfsi.errors import ConfigError
 
@@ -53,13 +54,20 @@ def test_defaults():
 def test_every_task_and_model_composes(task, model):
     api = model == "gpt35"  # generation only: no finetuning method
     method = ["method=debate"] if api else []
-    cfg = make(f"task={task}", f"model={model}", "agents=5", "debate.rounds=3", "seed=1", *method)
+    path = ["model.path=org/some-model"] if model == "hf" else []  # hf has no default model
+    cfg = make(f"task={task}", f"model={model}", "agents=5", "debate.rounds=3", "seed=1", *method, *path)
     assert (cfg.task.name, cfg.model.name, cfg.agents, cfg.debate.rounds) == (task, model, 5, 3)
     assert cfg.task.seed == 1  # splits follow the run seed
     validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)
     if model != "tiny":
         assert cfg.model.quantization == ("none" if api else "nf4") and cfg.debate.summarize is True
+
+
+def test_a_preset_that_needs_a_value_names_the_key():
+    """model=hf has no model to default to: not the tiny model under the label hf."""
+    with pytest.raises(ConfigError, match=r"model\.path has no value .* pass model\.path=<value>"):
+        validate(make("model=hf"))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -150,10 +158,13 @@ def test_cli_prints_the_composed_config(tmp_path):
     assert printed["task"]["name"] == "math" and printed["agents"] == 3
 
 
-def test_cli_typo_fails_with_a_clear_message(tmp_path):
-    out = run_py("agentz=3", cwd=tmp_path)
-    assert out.returncode != 0 and "Key 'agentz' not in 'Config'" in out.stderr
-    assert not (tmp_path / "runs").exists()
+@pytest.mark.parametrize("override,message", HYDRA_CASES, ids=[o for o, _ in HYDRA_CASES])
+def test_cli_hydra_errors_exit_2_with_hydras_message(tmp_path, override, message):
+    """Hydra's own errors (composition, the run directory) are bad input too: exit status 2 as
+    for every other, not Hydra's 1, and no traceback (experiments/time_to_error.py times them)."""
+    out = run_py(override, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bad_data_exits_2_and_writes_nothing(tmp_path):

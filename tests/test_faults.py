@@ -10,9 +10,7 @@ input that cannot be rebuilt must stop with a message naming it and what to do.
 import importlib.util
 import logging
 import os
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from experiments.time_to_error import CASES, SLIDING, sliding_window_model
-from mfsi import console, loop, rundir, training
+from mfsi import loop, rundir
 from mfsi.errors import ConfigError, DataError, MfsiError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +110,37 @@ def test_cli_bad_value_exits_2_with_one_line_and_leaves_no_directory(tmp_path, o
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_binary_data_file_exits_2_naming_it_and_leaves_no_directory(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b"\x1f\x8b\x08\x00 gzip, not JSON lines")
+    out = cli("task=gsm", f"task.path={data}", *TINY, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout
+    assert f"{data}: a binary file (it holds NUL bytes), not text" in out.stdout
+    assert "Traceback" not in out.stdout and list(tmp_path.iterdir()) == [data]
+
+
+def test_a_society_whose_prompts_cannot_fit_is_warned_about_once_before_any_debate(make, tmp_path, caplog):
+    """agents=1000 on the tiny model: every round-2 prompt holds 999 other answers."""
+    with caplog.at_level(logging.WARNING), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "run_debate", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+        with pytest.raises(Stop):
+            loop.run(make("agents=1000", "task.n_eval=1"), tmp_path)
+    [warning] = [r.getMessage() for r in caplog.records if "round-2 prompt" in r.getMessage()]
+    assert warning.startswith("agents=1000: each round-2 prompt takes at least ")
+    assert "(the other 999 agents' answers, even if empty) where the context leaves 912 (model" in warning
+    assert "model.context_length 1024 - generation.max_new_tokens 112): at least 9" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "run_debate", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+        with pytest.raises(Stop):
+            loop.run(make("task.n_eval=1"), tmp_path / "three")  # 3 agents: no warning
+    assert "round-2 prompt" not in caplog.text
+
+
+class Stop(Exception):
+    """Ends a run at a chosen point."""
+
+
 def test_damaged_base_model_weights_stop_naming_them(make, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(ROOT / "models" / "tiny-arith", model)
@@ -183,13 +212,56 @@ def test_a_stage_whose_input_was_redone_differently_is_redone(run_copy, make, ca
     assert rundir.read_json(run_copy / "iter_1/training/gen0.json")["n_examples"] == 1
 
 
-def test_a_damaged_config_without_history_stops_and_says_what_to_do(run_copy, make):
+def test_a_run_whose_config_is_lost_is_refused_not_adopted(run_copy, make):
+    """Without config.yaml and its history nothing says what made the finished stages: a
+    resume with other settings (here 2 agents where 3 debated) would label them wrongly."""
     empty(run_copy / "config.yaml")
     (run_copy / loop.HISTORY).unlink()
-    with pytest.raises(DataError, match=f"{run_copy / 'config.yaml'} is damaged.*restore it.*or delete it"):
-        loop.run(make(), run_copy)
-    (run_copy / "config.yaml").unlink()  # what the message offers
-    assert loop.run(make(), run_copy)["final"]["iteration"] == 1
+    with pytest.raises(
+        DataError, match=f"{run_copy / 'config.yaml'} is damaged.*restore it.*new run directory"
+    ):
+        loop.run(make("agents=2"), run_copy)
+    (run_copy / "config.yaml").unlink()
+    with pytest.raises(DataError, match=f"{run_copy} holds finished stages but neither config.yaml nor"):
+        loop.run(make("agents=2"), run_copy)
+
+
+def test_a_resume_with_changed_data_stops_naming_the_file(make, tmp_path, caplog):
+    """Question ids are line numbers: a data file changed under the same task.path would give
+    the finished stages and the new ones other questions under the same ids."""
+    shutil.copytree(ROOT / "tests/fixtures/gsm", tmp_path / "gsm")
+    data = tmp_path / "gsm" / "test.jsonl"
+    cfg = make("task=gsm", f"task.path={tmp_path / 'gsm'}", "method=base", "task.n_eval=2", "task.n_train=0")
+    run_dir = tmp_path / "run"
+    loop.run(cfg, run_dir)
+    recorded = rundir.read_json(run_dir / "splits.json")["data"]
+    assert set(recorded) == {str(tmp_path / "gsm" / "train.jsonl"), str(data)}
+    assert recorded[str(data)] == rundir.describe(data)
+
+    splits = rundir.read_json(run_dir / "splits.json")
+    rundir.write_json(run_dir / "splits.json", {k: v for k, v in splits.items() if k != "data"})
+    loop.run(cfg, run_dir)  # a run directory made before the data was recorded: adopted
+    assert rundir.read_json(run_dir / "splits.json") == splits
+
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join([lines[1], lines[0], *lines[2:]]))  # the same questions, other ids
+    with pytest.raises(DataError, match=f"data changed since {run_dir} was made: {data} "):
+        loop.run(cfg, run_dir)
+    assert rundir.read_json(run_dir / "splits.json") == splits  # nothing rewritten
+
+
+def test_undecodable_run_files_are_named_and_the_run_resumes(run_copy, make, caplog):
+    """Binary or non-UTF-8 bookkeeping is named and left out; what it held is rebuilt."""
+    (run_copy / loop.HISTORY).write_bytes(b"\x00\x01binary")
+    (run_copy / "metrics.jsonl").write_bytes(b"\xff\xfe not UTF-8\n")
+    (run_copy / ".lock").write_bytes(b"\xff\x00")
+    with caplog.at_level(logging.WARNING):
+        summary = loop.run(make(), run_copy)
+    assert f"{run_copy / loop.HISTORY}: a binary file (it holds NUL bytes), not text" in caplog.text
+    assert f"{run_copy / 'metrics.jsonl'}:1: not UTF-8 text (byte 0xff): left out" in caplog.text
+    assert summary["final"]["iteration"] == 1
+    assert [r["iteration"] for r in rundir.read_jsonl(run_copy / "metrics.jsonl")] == [0, 1]
+    assert len(rundir.read_jsonl(run_copy / loop.HISTORY)) == 1  # a new history starts
 
 
 def test_each_start_adds_to_the_config_history(run_copy, make):
@@ -200,6 +272,27 @@ def test_each_start_adds_to_the_config_history(run_copy, make):
     assert history[-1]["changed"] == {"generation.batch_size": [64, 5]}
     assert history[-1]["config"]["generation"]["batch_size"] == 5
     assert "batch_size: 5" in (run_copy / "config.yaml").read_text()
+
+
+WRITE = """import sys
+from pathlib import Path
+import matplotlib.pyplot as plt
+from mfsi import rundir, tracking
+rundir.write_json(Path(sys.argv[1]) / "a.json", {})
+tracking._save(plt.figure(), Path(sys.argv[1]) / "a.png")
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_result_files_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Atomic writes go through mkstemp, which makes 0600: results hidden from the group."""
+    subprocess.run(
+        [sys.executable, "-c", WRITE, str(tmp_path)], cwd=ROOT, check=True, preexec_fn=lambda: os.umask(umask)
+    )
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
+        "a.json": 0o666 & ~umask,
+        "a.png": 0o666 & ~umask,
+    }
 
 
 def test_stage_markers_name_what_is_wrong(tmp_path):
@@ -245,55 +338,6 @@ def test_a_second_process_stops_at_once_and_a_dead_holder_is_taken_over(run_copy
         loop.run(make(), run_copy)
     assert f"taking over from process {holder.pid}" in caplog.text
     assert (run_copy / ".lock").read_text() == ""  # released
-
-
-# --- Ctrl-C -----------------------------------------------------------------------------------
-
-
-def test_ctrl_c_in_a_debate_prints_the_resume_command_and_exits_130(tmp_path):
-    args = ["method=debate", "logger=none", "task.n_eval=32", "evaluation.diversity=false"]
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:  # the last log line before the first debate
-        if "eval (arithmetic) questions" in line:
-            break
-    process.send_signal(signal.SIGINT)
-    output = process.stdout.read()
-    assert process.wait(timeout=120) == 130, output
-    assert "Traceback" not in output
-    [line] = [line for line in output.splitlines() if "resume with" in line]
-    command = shlex.split(line.split("resume with: ")[1])
-    assert command[:2] == ["python", str(ROOT / "run.py")] and command[2:-1] == args
-    run_dir = Path(command[-1].removeprefix("hydra.run.dir="))
-    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "iter_0/debate_eval.done.json").exists()
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert len(rundir.read_jsonl(run_dir / "metrics.jsonl")) == 1
-
-
-def test_ctrl_c_inside_lightning_training_also_exits_130(tiny_model_dir, monkeypatch):
-    """Lightning catches the interrupt in fit and exits with status 1 itself."""
-    from omegaconf import OmegaConf
-
-    from mfsi.config import FinetuneConfig, ModelConfig
-    from mfsi.society import Society, load_base
-
-    society = Society(*load_base(OmegaConf.structured(ModelConfig(path=str(tiny_model_dir)))))
-    cfg = OmegaConf.structured(FinetuneConfig(epochs=1, batch_size=1))
-    society.add("gen0", cfg.lora)
-    messages = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]
-    example = {"id": "q", "loss_from_turn": 0, "messages": messages}
-    monkeypatch.setattr(
-        training.AdapterModule, "training_step", lambda *a: os.kill(os.getpid(), signal.SIGINT)
-    )
-    with pytest.raises(SystemExit) as stop, console.stop_on_ctrl_c("python run.py hydra.run.dir=x"):
-        training.train_adapter(society.model, society.tokenizer, "gen0", [example], cfg, seed=0)
-    assert stop.value.code == 130
 
 
 # --- W&B out of reach, and a quiet console --------------------------------------------------

@@ -390,7 +390,11 @@ def test_auto_batches_take_as_many_rows_as_the_memory_budget_fits(shipped):
 
 
 def test_batch_size_and_cache_settings_are_checked():
-    assert validate(OmegaConf.structured(Config(generation=GenerationConfig(batch_size="auto")))) is None
+    model = ModelConfig(path="models/tiny-arith")
+    assert (
+        validate(OmegaConf.structured(Config(model=model, generation=GenerationConfig(batch_size="auto"))))
+        is None
+    )
     for key, bad in [("batch_size", "big"), ("batch_size", 0), ("memory_fraction", 0.0), ("cache_growth", 0)]:
         cfg = OmegaConf.structured(Config(generation=GenerationConfig(**{key: bad})))
         with pytest.raises(ConfigError, match=f"generation.{key}"):

@@ -327,6 +327,41 @@ def test_an_unreadable_run_is_skipped_and_paths_without_runs_are_named(tmp_path,
         f"{tmp_path / 'misspelt'}: no such file or folder",
         f"{tmp_path / 'runs' / 'bad-config'}: cannot be read "
         f"({tmp_path / 'runs' / 'bad-config' / 'config.yaml'}: damaged, not valid YAML): run skipped",
-        f"{tmp_path / 'runs' / 'cut'}: cannot be read ({metrics}:3: damaged, not valid JSON "
+        f"{tmp_path / 'runs' / 'cut'}: cannot be read ({metrics}:3: not valid JSON "
         "(Unterminated string starting at)): run skipped",
     ]
+
+
+@pytest.mark.parametrize(
+    "name,content,problem",
+    [
+        ("binary", b"\x00\x01\x02", ": a binary file (it holds NUL bytes), not text"),
+        ("latin-1", '{"model": "caf\u00e9"}\n'.encode("latin-1"), ":1: not UTF-8 text (byte 0xe9)"),
+        ("foreign", b'{"step": 1, "loss": 0.5}\n', ":1: not a metrics row of mfsi (no split)"),
+        (
+            "no-model",
+            b'{"split": "eval", "iteration": 0, "accuracy": 0.5}\n',
+            ":1: not a metrics row of mfsi (no model",
+        ),
+        ("empty", b"", ": no evaluation rows (empty)"),
+    ],
+)
+def test_an_unreadable_metrics_file_is_named_and_the_good_runs_are_reported(
+    tmp_path, caplog, name, content, problem
+):
+    make_run(tmp_path / "runs", "good", "debate", "gsm", [0.5])
+    (tmp_path / "runs" / name).mkdir()
+    metrics = tmp_path / "runs" / name / "metrics.jsonl"
+    metrics.write_bytes(content)
+    result = build_report([tmp_path / "runs"], tmp_path / "out")
+    assert result["runs"] == [tmp_path / "runs" / "good"]
+    assert f"{metrics.parent}: cannot be read ({metrics}{problem}" in caplog.text
+
+
+def test_an_undecodable_config_is_named(tmp_path, caplog):
+    make_run(tmp_path / "runs", "good", "debate", "gsm", [0.5])
+    make_run(tmp_path / "runs", "bad", "debate", "math", [0.5])
+    config = tmp_path / "runs" / "bad" / "config.yaml"
+    config.write_bytes(b"seed: \xff\n")
+    assert build_report([tmp_path / "runs"], tmp_path / "out")["runs"] == [tmp_path / "runs" / "good"]
+    assert f"cannot be read ({config}:1: not UTF-8 text (byte 0xff)): run skipped" in caplog.text

@@ -1,6 +1,11 @@
 """Model loading, adapters and roles of the agent society (random tiny model, no hub)."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -20,6 +25,7 @@ from mfsi.society import (
     roles,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 LORA = OmegaConf.structured(LoraConfig(r=4, alpha=8, dropout=0.0))
 
 
@@ -73,6 +79,30 @@ def test_adapters_save_and_load_round_trip(tiny_model_dir, tmp_path):
     assert saved and all(torch.equal(v, loaded[k]) for k, v in saved.items())
     with pytest.raises(ConfigError, match="adapter_config.json"):
         fresh.load("gen0", tmp_path)
+
+
+SAVE = """import sys, torch
+from omegaconf import OmegaConf
+from mfsi.config import LoraConfig, ModelConfig
+from mfsi.society import Society, load_base
+society = Society(*load_base(OmegaConf.structured(ModelConfig(path=sys.argv[1]))))
+torch.manual_seed(0)
+society.add("gen0", OmegaConf.structured(LoraConfig(r=4, alpha=8, dropout=0.0)))
+society.save("gen0", sys.argv[2])
+"""
+
+
+def test_an_adapter_redone_in_another_process_is_the_same_file(tiny_model_dir, tmp_path):
+    """PEFT lists all-linear's target modules from a set, in an order that follows the
+    process's string hashing: the stages reading a redone adapter compare its files."""
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        command = [sys.executable, "-c", SAVE, str(tiny_model_dir), str(tmp_path / seed)]
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    modules = json.loads((tmp_path / "1" / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1
 
 
 def test_roles_fall_back_to_the_base_model_and_share_for_single_agent():

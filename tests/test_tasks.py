@@ -1,6 +1,7 @@
 """The task layer: splits, loaders for the official formats, prompts, and bad input."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -240,6 +241,65 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         f.write('{"question": "broken", "answer": \n')
     with pytest.raises(DataError, match=r"train\.jsonl:11: not valid JSON"):
         load_task(task_cfg(name="gsm", path=str(tmp_path)))
+
+
+def test_a_bom_and_crlf_line_ends_load_as_the_plain_file(tmp_path):
+    """GSM8K saved by Windows tools: a UTF-8 BOM and CRLF line ends."""
+    (tmp_path / "gsm").mkdir()
+    for part in ("train", "test"):
+        text = (FIXTURES / "gsm" / f"{part}.jsonl").read_text()
+        (tmp_path / "gsm" / f"{part}.jsonl").write_bytes(
+            b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode()
+        )
+    windows = load_task(task_cfg(name="gsm", path=str(tmp_path / "gsm"), n_train=10, n_eval=6))
+    plain = load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm"), n_train=10, n_eval=6))
+    for split in ("train", "eval"):
+        assert windows.split(split) == plain.split(split)
+
+
+def test_the_files_read_are_known(tmp_path):
+    """What the loop hashes into splits.json: every file questions came from."""
+    task = load_task(task_cfg(name="gsm", path=str(FIXTURES / "gsm"), n_train=10, n_eval=6))
+    assert task.files == [FIXTURES / "gsm" / "train.jsonl", FIXTURES / "gsm" / "test.jsonl"]
+    math = load_task(task_cfg(name="math", path=str(FIXTURES / "math"), n_train=5, n_eval=4))
+    assert math.files == sorted((FIXTURES / "math" / "train").glob("*/*.json")) + sorted(
+        (FIXTURES / "math" / "test").glob("*/*.json")
+    )
+    assert load_task(task_cfg()).files == []  # arithmetic: generated from the seed
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"PK\x03\x04\x00\x00binary", ": a binary file (it holds NUL bytes), not text"),
+        (
+            '{"question": "caf\u00e9", "answer": "#### 1"}\n'.encode("latin-1") * 2,
+            ":1: not UTF-8 text (byte 0xe9)",
+        ),
+        (
+            b'{"question": "q", "answer": "#### 1"}\n["a", "list"]\n',
+            ":2: expected a JSON object, one per line",
+        ),
+        (
+            b'{"question": "q", "answer": "#### 1"}\n{"text": "foreign"}\n',
+            ":2: missing or non-text field(s) question, answer",
+        ),
+    ],
+    ids=["binary", "latin-1", "a JSON list", "foreign fields"],
+)
+def test_unreadable_data_names_the_file_and_line(tmp_path, content, message):
+    shutil.copytree(FIXTURES / "gsm", tmp_path / "gsm")
+    (tmp_path / "gsm" / "train.jsonl").write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'gsm' / 'train.jsonl'}{message}")):
+        load_task(task_cfg(name="gsm", path=str(tmp_path / "gsm"), n_train=1, n_eval=1))
+
+
+def test_an_undecodable_math_file_names_itself(tmp_path):
+    shutil.copytree(FIXTURES / "math", tmp_path / "math")
+    bad = tmp_path / "math" / "train" / "algebra" / "1.json"
+    bad.write_bytes(b'{"problem": "\xff"}')
+    with pytest.raises(DataError, match=rf"{bad}:1: not UTF-8 text \(byte 0xff\)"):
+        load_task(task_cfg(name="math", path=str(tmp_path / "math")))
 
 
 def test_gsm_answer_without_hashes(tmp_path):

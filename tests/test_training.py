@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mfsi.config import FinetuneConfig, ModelConfig
 from mfsi.config import LoraConfig as LoraSettings
+from mfsi.errors import ConfigError
 from mfsi.selection import sample_examples
 from mfsi.society import Society, load_base
 from mfsi.tasks import Arithmetic
@@ -113,10 +114,14 @@ def test_over_long_examples_are_skipped_and_counted(tiny_model_dir, tokenizer):
     result = train_adapter(society(tiny_model_dir), tokenizer, "gen0", [long, *DATA], cfg, seed=0)
     assert result["n_skipped_too_long"] == 1 and result["n_examples"] == 4
     assert result["steps"] == 2 and len(result["losses"]) == 2  # 4 batches of 1, 2 per step
-    nothing = train_adapter(
-        society(tiny_model_dir), tokenizer, "gen0", [long], finetune_cfg(max_length=64), seed=0
-    )
-    assert nothing["steps"] == 0 and nothing["losses"] == [] and nothing["n_skipped_too_long"] == 1
+    model = society(tiny_model_dir)
+    before = snapshot(model)
+    # Every example too long: a stop, not an untrained adapter that looks like one that learned nothing.
+    with pytest.raises(
+        ConfigError, match=r"gen0: all 1 finetuning examples are longer than finetune\.max_length=64 "
+    ):
+        train_adapter(model, tokenizer, "gen0", [long], finetune_cfg(max_length=64), seed=0)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
 def test_nf4_base_trains_one_adapter_on_cpu(tiny_model_dir, tokenizer):

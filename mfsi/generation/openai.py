@@ -35,6 +35,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from mfsi import rundir
 from mfsi.errors import ConfigError, GenerationError
 from mfsi.generation.common import Backend, Request, Stats, request_seeds
 
@@ -63,12 +64,9 @@ class ResponseCache:
     def __init__(self, path: Path | None):
         self.path, self.responses = path, {}
         if path is not None and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interruption
-                    continue
-                self.responses[entry["key"]] = entry["response"]
+            for entry in rundir.read_jsonl(path, skip_damaged=True):  # a line cut short: asked again
+                if isinstance(entry, dict) and "key" in entry and "response" in entry:
+                    self.responses[entry["key"]] = entry["response"]
 
     @staticmethod
     def key(body: dict, seed: int) -> str:
