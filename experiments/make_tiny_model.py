@@ -3,7 +3,7 @@
     python -m experiments.make_tiny_model --out models/tiny-arith             # the shipped model
     python -m experiments.make_tiny_model --out /tmp/t --steps 4 --eval-n 8   # smoke test
 
-A 0.9M-parameter character-level Llama (mfsi/charlm.py) learns the arithmetic task
+A 0.9M-parameter character-level Llama (mfsi/testing/charlm.py) learns the arithmetic task
 a+b*c+d-e*f from generated data, speaking exactly the prompts the pipeline sends: every
 conversation is built with the task layer's prompt builders (Arithmetic.prompt,
 Task.debate_prompt) and rendered with mfsi.chat.sequences, the loss on the last assistant
@@ -45,13 +45,13 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from mfsi.charlm import build_tokenizer, llama_config
 from mfsi.chat import Message, sequences
 from mfsi.config import GenerationConfig
 from mfsi.debate import run_debate
 from mfsi.generation import MfsiBackend
 from mfsi.metrics import debate_metrics, mean
 from mfsi.tasks import Arithmetic, Problem, arithmetic_expression
+from mfsi.testing.charlm import build_tokenizer, llama_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
 TASK = Arithmetic({"train": [], "eval": []})  # prompts and grading only; questions come from here

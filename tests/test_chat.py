@@ -19,9 +19,9 @@ from mfsi.chat import (
 )
 from mfsi.errors import ConfigError
 from mfsi.paths import ROOT
-from mfsi.random_models import FAMILIES, TEMPLATES
 from mfsi.selection import sample_examples
 from mfsi.tasks import Arithmetic
+from mfsi.testing.random_models import FAMILIES, TEMPLATES
 from mfsi.training import IGNORE, check_encodable, encode
 
 TASK = Arithmetic({})

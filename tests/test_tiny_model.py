@@ -24,10 +24,10 @@ from experiments.make_tiny_model import (
     solution,
     train,
 )
-from mfsi.charlm import build_tokenizer
 from mfsi.config import GenerationConfig
 from mfsi.generation import MfsiBackend
 from mfsi.tasks import Arithmetic, Problem
+from mfsi.testing.charlm import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "tiny-arith"

@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from mfsi import loop, rundir
 from mfsi.config import LoraConfig
 from mfsi.generation import MfsiBackend, make_backend
-from mfsi.random_models import build
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
+from mfsi.testing.random_models import build
 
 pytest.importorskip("vllm", reason="vLLM is not installed (VLLM=none, or macOS: README, Set-up)")
 vllm_backend = pytest.importorskip("mfsi.generation.vllm")

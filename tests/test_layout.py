@@ -1,0 +1,20 @@
+"""The package's layout: what a run imports, and what it does not."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_run_imports_no_test_tooling():
+    """mfsi.testing (random-weight models, the character tokenizer's builder, chat-template
+    fixtures) serves tests and experiments: the entry point, the loop and the report never
+    import it, so it is free to change with the tests."""
+    code = (
+        "import sys, run, mfsi.loop, mfsi.report, mfsi.audit\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mfsi.testing')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
