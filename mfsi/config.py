@@ -203,6 +203,13 @@ class Config:
     verbose: bool = False  # true (or `run.py -v`): library tips, deprecation and loading output too
 
 
+def shape(cfg: DictConfig, split: str) -> tuple[int, int]:
+    """(agents, rounds) of the debate on a split ("train" or "eval"); evaluation may override both."""
+    if split == "eval":
+        return cfg.evaluation.agents or cfg.agents, cfg.evaluation.rounds or cfg.debate.rounds
+    return cfg.agents, cfg.debate.rounds
+
+
 def register() -> None:
     """Put the schema in Hydra's ConfigStore (conf/config.yaml lists it first)."""
     ConfigStore.instance().store(name="schema", node=Config)
@@ -282,7 +289,7 @@ def validate(cfg: DictConfig) -> None:
     """Reject values a type cannot rule out, naming the key, the value and what is expected.
 
     Only the config is read (no model, no data), so this runs in well under a second; the
-    checks that need the model's own config are mfsi.loop.preflight.
+    checks that need the model's own config are in mfsi.preflight.
     """
     if cfg.generation.decoder is not None:
         raise ConfigError(
@@ -300,7 +307,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)}: expected {expected}")
-    generation = cfg.generation  # the token budget against the context: loop.preflight
+    generation = cfg.generation  # the token budget against the context: mfsi.preflight
     if generation.lookup_tokens and generation.backend != "mfsi":
         raise ConfigError(
             f"generation.lookup_tokens={generation.lookup_tokens} with generation.backend="

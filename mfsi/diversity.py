@@ -4,6 +4,7 @@
     scores = model_diversity(society.model, society.tokenizer, records,
                              adapters=["gen0", "gen1", "gen2"])  # agent n's generator, None = base
     # {"likelihood_diversity": ..., "kl_divergence": ..., "kl_from_base": ...}
+    row = debate_diversity(records, load_embedder(), model, tokenizer, adapters)  # all of them
 
 Definitions, for records from mfsi.debate with N agents, f_qn agent n's final-round response
 to question q, r_qn its round-1 response, and p_n the next-token distribution of adapters[n]:
@@ -151,6 +152,34 @@ def model_diversity(
     if cut:
         log.warning("diversity: %d prompts longer than the context lost their middle, as in generation", cut)
     return {key: sum(v) / len(v) if v else None for key, v in values.items()}
+
+
+def debate_diversity(
+    records: Sequence[dict],
+    embed: Embed,
+    model=None,
+    tokenizer=None,
+    adapters: Sequence[str | None] = (),
+    questions: int | None = None,
+    batch_size: int | None = None,
+    prompt_room: int | None = None,
+) -> dict:
+    """Every metric above for one debate, as its metrics row holds them: the mean embedding
+    dissimilarity ("per_question" holds each question's) and the model-based ones on the
+    first `questions` records, or None without a model (an API generated); batch_size None:
+    model_diversity's own."""
+    dissimilarity = embedding_dissimilarity(records, embed)
+    model_based = dict.fromkeys(MODEL_BASED)
+    if model is not None:
+        batch = {} if batch_size is None else {"batch_size": batch_size}
+        model_based = model_diversity(
+            model, tokenizer, records[:questions], adapters, **batch, prompt_room=prompt_room
+        )
+    return {
+        "embedding_dissimilarity": None if dissimilarity is None else sum(dissimilarity) / len(dissimilarity),
+        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
+        **model_based,
+    }
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> float:

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mfsi import chat, loop, rundir
+from mfsi import chat, loop, resume, rundir
 from mfsi.chat import end_ids, final_answer, prompt_ids, set_template_kwargs
 from mfsi.config import GenerationConfig, TaskConfig, register
 from mfsi.errors import ConfigError
@@ -180,7 +180,7 @@ def test_one_iteration_trains_what_the_agents_wrote_and_reports_diversity(case, 
 
     # What training learns of a generator and a critic example: exactly the agent's own text
     # and its end of turn, after the prompt its debate generated from.
-    tokenizer = load_tokenizer(cfg.model, loop.start_time(tmp_path))
+    tokenizer = load_tokenizer(cfg.model, resume.start_time(tmp_path))
     stop = end_ids(AutoModelForCausalLM.from_pretrained(cfg.model.path), tokenizer)
     for name in ("gen0", "critic0"):
         example = rundir.read_jsonl(tmp_path / f"iter_1/data/{name}.jsonl")[0]
@@ -277,7 +277,7 @@ def test_a_run_resumed_after_midnight_renders_the_date_it_started_with(answering
     """Llama-3.2's template prints today's date: a run started on the 14th and resumed on the
     15th renders every prompt, for generation and for training, with the 14th."""
     folder = answering("llama3.2")
-    monkeypatch.setattr(loop, "datetime", Clock)
+    monkeypatch.setattr(resume, "datetime", Clock)
     rendered: list[str] = []
     render_text = chat.render_text
 

@@ -41,6 +41,28 @@ class Stats:
     largest_batch: int = 0  # rows
     peak_cache_bytes: int = 0  # the largest KV cache a batch held (mfsi backend)
 
+    def counts(self) -> dict[str, int]:
+        """What a run directory records of a stage's generation: the cuts, then the token counts."""
+        return {
+            "cut": self.cut,
+            "cut_tokens": self.cut_tokens,
+            "truncated": self.truncated,
+            "requests": self.requests,
+            **self.tokens(),
+        }
+
+    def warn_cuts(self) -> None:
+        """Warn about the prompts that lost tokens to fit the context."""
+        if self.cut:
+            log.warning(
+                "%d prompts were too long for the context: %d tokens from the middles of other agents' "
+                "answers (or summaries) and then of their own earlier answers were cut",
+                self.cut,
+                self.cut_tokens,
+            )
+        if self.truncated:
+            log.warning("%d prompts were still too long and lost tokens from their middle", self.truncated)
+
     def tokens(self) -> dict[str, int]:
         """The token counts, named as run directories and the benchmark record them."""
         return {
