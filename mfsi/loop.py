@@ -33,7 +33,7 @@ from mfsi.config import shape
 from mfsi.debate import run_debate, seed_for
 from mfsi.diversity import debate_diversity, load_embedder
 from mfsi.errors import DataError
-from mfsi.generation import make_backend
+from mfsi.generation import generates_locally, make_backend
 from mfsi.metrics import debate_metrics, table, unfinished_reasoning
 from mfsi.rundir import done_marker
 from mfsi.selection import rationalisation_requests, select, sizes
@@ -85,7 +85,7 @@ def load_society(cfg: DictConfig, task: Task, started: datetime | None = None) -
     model.chat_template_kwargs and the run's start time as the date), checked before and
     after the weights load (mfsi.preflight); a society without local weights when an API
     generates (generation.backend=openai)."""
-    if cfg.generation.backend == "openai":
+    if not generates_locally(cfg):
         agents = max(cfg.agents, cfg.evaluation.agents or 0)
         served = [f"{role}{n}" for n in range(agents) for role in ("gen", "critic")]
         return Society(None, None, served if cfg.generation.served_adapters else ())

@@ -18,15 +18,13 @@ import logging
 
 from omegaconf import DictConfig
 
+from mfsi import generation
 from mfsi.chat import end_ids, opens_reasoning, prompt_ids
 from mfsi.config import shape, validate
 from mfsi.errors import ConfigError
-from mfsi.generation.common import ReasoningBudget
-from mfsi.generation.mfsi import unsupported
-from mfsi.generation.openai import api_key
-from mfsi.generation.vllm import check_setup
+from mfsi.generation import ReasoningBudget
 from mfsi.selection import sample_examples
-from mfsi.society import Society, check_preset, context_length, hf_config, model_config, resolve_device
+from mfsi.society import Society, check_preset, context_length, hf_config, resolve_device
 from mfsi.tasks import Problem, Task
 from mfsi.training import check_encodable, check_trainer
 from mfsi.versions import check_versions
@@ -45,43 +43,11 @@ def check_config(cfg: DictConfig) -> None:
     seconds, before the run directory is touched."""
     check_versions()
     validate(cfg)
-    if cfg.generation.backend == "openai":
-        api_key(cfg.generation)  # the model is not local: nothing of it to read
-    else:
-        check_model(cfg)
-    if cfg.generation.backend == "vllm":
-        check_setup(cfg)
+    generation.preflight(cfg)  # the context against the model's config.json, what the backend needs
     if cfg.evaluation.diversity and cfg.evaluation.embedder:
         hf_config(cfg.evaluation.embedder, "evaluation.embedder")
     if finetunes(cfg):
         check_trainer(cfg.finetune.trainer, resolve_device(cfg.model.device))
-
-
-def check_model(cfg: DictConfig) -> None:
-    """The context and the decoder against the model's config.json."""
-    config = model_config(cfg.model)
-    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
-    context = cfg.model.context_length or limit
-    if limit and context > limit:
-        raise ConfigError(
-            f"model.context_length={context}: expected at most {limit}, the max_position_embeddings "
-            f"of {cfg.model.path}"
-        )
-    if context and cfg.generation.max_new_tokens >= context:
-        raise ConfigError(
-            f"generation.max_new_tokens={cfg.generation.max_new_tokens} leaves no room for the prompt in "
-            f"the model's context of {context} tokens: expected max_new_tokens < context"
-        )
-    problem = (
-        cfg.generation.backend == "mfsi"
-        and context
-        and config._attn_implementation
-        and unsupported(config, context)
-    )
-    if problem:
-        raise ConfigError(
-            f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
-        )
 
 
 def check_tokenizer(cfg: DictConfig, task: Task, tokenizer) -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from mfsi.chat import THINK, THINK_END, Message, cut_prompt, end_ids, opens_reasoning, prompt_ids
 from mfsi.errors import ConfigError
 from mfsi.fitting import Piece, fit
-from mfsi.society import context_length
+from mfsi.society import context_length, model_config
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ class Backend:
     stats: Stats
     room: int | None = None
     opens_reasoning: bool = False
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """What this backend needs of a run (cfg: the whole run config), checked at start-up in
+        seconds, before the run directory is touched: ConfigError when it cannot serve it."""
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> Backend:
@@ -238,6 +243,36 @@ class LocalBackend(Backend):
     """
 
     prefill_chunk: int | None = None  # prompt positions per forward; None: the whole prompt
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """The context and the token budget against the model's config.json (not its weights),
+        and whether this backend can drive the model (`unsupported`)."""
+        config = model_config(cfg.model)
+        limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+        context = cfg.model.context_length or limit
+        if limit and context > limit:
+            raise ConfigError(
+                f"model.context_length={context}: expected at most {limit}, the max_position_embeddings "
+                f"of {cfg.model.path}"
+            )
+        if context and cfg.generation.max_new_tokens >= context:
+            raise ConfigError(
+                f"generation.max_new_tokens={cfg.generation.max_new_tokens} leaves no room for the prompt "
+                f"in the model's context of {context} tokens: expected max_new_tokens < context"
+            )
+        problem = context and config._attn_implementation and cls.unsupported(config, context)
+        if problem:
+            raise ConfigError(
+                f"generation.backend={cfg.generation.backend} cannot drive this model ({problem}): set "
+                "generation.backend=hf"
+            )
+
+    @staticmethod
+    def unsupported(config, context_length: int) -> str | None:
+        """Why this backend cannot drive a model of this config (transformers' config, with its
+        attention implementation resolved) over context_length tokens, or None."""
+        return None
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> LocalBackend:

@@ -28,17 +28,6 @@ from mfsi.errors import ConfigError
 from mfsi.generation.common import LocalBackend, Request, adapter_kwargs
 
 
-def unsupported(config, context_length: int) -> str | None:
-    """Why our decoder cannot run a model, or None: it needs sdpa attention and full
-    attention over the context (its masks know no sliding window)."""
-    if config._attn_implementation != "sdpa":
-        return f"attention {config._attn_implementation}, not sdpa"
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-    if window and window < context_length:
-        return f"sliding window {window} < model.context_length {context_length}"
-    return None
-
-
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, **kwargs):
     """sdpa, except for one query position per row (a decode step) under a boolean mask in
     fp32: there two plain matmuls over the cache, about 30% faster than sdpa's kernels on the
@@ -73,9 +62,22 @@ def attention(model, implementation: str) -> Iterator[None]:
 class MfsiBackend(LocalBackend):
     """Our decode loop over the in-process (PEFT) model; see the module doc."""
 
+    @staticmethod
+    def unsupported(config, context_length: int) -> str | None:
+        """Our decoder needs sdpa attention and full attention over the context (its masks know
+        no sliding window)."""
+        if config._attn_implementation != "sdpa":
+            return f"attention {config._attn_implementation}, not sdpa"
+        window = (
+            getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        )
+        if window and window < context_length:
+            return f"sliding window {window} < model.context_length {context_length}"
+        return None
+
     def __init__(self, model, tokenizer, cfg, context_length: int):
         super().__init__(model, tokenizer, cfg, context_length)
-        problem = unsupported(model.config, context_length)
+        problem = self.unsupported(model.config, context_length)
         if problem:
             raise ConfigError(
                 f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
