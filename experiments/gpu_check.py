@@ -140,7 +140,7 @@ def check(args, folder: Path, quantization: str, device: torch.device) -> dict:
 
     requests = [(names[i % len(names)], task.prompt(p)) for i, p in enumerate(problems[: args.greedy_rows])]
     texts = {}
-    for name in ("mfsi", "hf"):
+    for name in ("batched", "hf"):
         gen = GenerationConfig(
             temperature=0.0,
             max_new_tokens=args.max_new_tokens,
@@ -155,7 +155,7 @@ def check(args, folder: Path, quantization: str, device: torch.device) -> dict:
         out[f"greedy_{name}_s"] = seconds
     out["greedy"] = {
         "rows": len(requests),
-        "identical": sum(a == b for a, b in zip(texts["mfsi"], texts["hf"])),
+        "identical": sum(a == b for a, b in zip(texts["batched"], texts["hf"])),
     }
     out["ok"] = all(out["train"][k] for k in ("on_device", "others_bit_identical", "trained"))
     return out

@@ -146,6 +146,17 @@ def test_a_run_made_before_a_config_key_existed_resumes_when_it_holds_its_defaul
         resume.check_resume(make("debate.agent_ids=true"), old)
 
 
+def test_a_run_made_when_the_batched_backend_was_named_mfsi_resumes(finished_run, make, tmp_path):
+    run_dir, _ = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    (old / resume.HISTORY).unlink()  # a run made before the rename (and the history)
+    config = (old / "config.yaml").read_text()
+    assert "  backend: batched\n" in config
+    (old / "config.yaml").write_text(config.replace("  backend: batched\n", "  backend: mfsi\n"))
+    assert resume.check_resume(make(), old) == {"generation.backend": ["mfsi", "batched"]}
+
+
 def test_unique_ids_and_cooperative_prompts_are_debated_and_trained_on(make, tmp_path):
     loop.run(make("+ablation=unique_id", "debate.style=cooperative"), tmp_path)
     assert set(rundir.read_json(tmp_path / "iter_1/data/sizes.json")) == {"gen0", "critic0"}

@@ -6,7 +6,7 @@
     generator.stats                                      # requests, new/prefilled tokens, cuts
 
 None is the bare base model (iteration 0, the summariser). Backends, one module each:
-    mfsi    our batched decoder on the in-process model (default; mfsi/generation/mfsi.py)
+    batched our batched decoder on the in-process model (default; batched.py)
     hf      Hugging Face's model.generate on the same model, for any causal LM (hf.py)
     vllm    vLLM's engine, one per process, serving the base and every adapter (vllm.py)
     openai  any OpenAI-compatible chat-completions endpoint; generation only (openai.py)
@@ -18,20 +18,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mfsi.generation.batched import BatchedBackend
 from mfsi.generation.common import Backend, LocalBackend, ReasoningBudget, Request, Stats
 from mfsi.generation.hf import HFBackend
-from mfsi.generation.mfsi import MfsiBackend
 from mfsi.generation.openai import OpenAIBackend
 from mfsi.generation.vllm import VllmBackend
 
-BACKENDS = {"mfsi": MfsiBackend, "hf": HFBackend, "vllm": VllmBackend, "openai": OpenAIBackend}
+BACKENDS = {"batched": BatchedBackend, "hf": HFBackend, "vllm": VllmBackend, "openai": OpenAIBackend}
 
 __all__ = [
     "BACKENDS",
     "Backend",
     "HFBackend",
     "LocalBackend",
-    "MfsiBackend",
+    "BatchedBackend",
     "OpenAIBackend",
     "ReasoningBudget",
     "Request",

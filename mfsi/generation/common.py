@@ -1,5 +1,5 @@
 """What every generation backend shares: the request type, the counters, the interface, and
-the batching of an in-process (PEFT) model that the `mfsi` and `hf` backends both drive."""
+the batching of an in-process (PEFT) model that the `batched` and `hf` backends both drive."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Stats:
     accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     largest_batch: int = 0  # rows
-    peak_cache_bytes: int = 0  # the largest KV cache a batch held (mfsi backend)
+    peak_cache_bytes: int = 0  # the largest KV cache a batch held (batched backend)
 
     def counts(self) -> dict[str, int]:
         """What a run directory records of a stage's generation: the cuts, then the token counts."""
@@ -194,7 +194,7 @@ class ReasoningBudget:
     """generation.max_reasoning_tokens, the same on every local backend: a response whose
     first `tokens` new tokens leave its reasoning open (it wrote <think>, or its prompt
     opened the block: `opened`, and no </think> followed) ends there, without an answer.
-    Generation stops such a row early (mfsi: in its decode loop; hf: a stopping criterion;
+    Generation stops such a row early (batched: in its decode loop; hf: a stopping criterion;
     vllm: its rows run on) and `cut` makes every backend's output the same."""
 
     tokens: int

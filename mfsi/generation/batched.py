@@ -1,6 +1,6 @@
-"""generation.backend=mfsi (the default): our batched decoder on the in-process model.
+"""generation.backend=batched (the default): our batched decoder on the in-process model.
 
-    generator = MfsiBackend(model, tokenizer, cfg.generation, context_length=1024)
+    generator = BatchedBackend(model, tokenizer, cfg.generation, context_length=1024)
     texts = generator.generate([("gen0", messages), (None, other)], seed=0)
 
 Batching, adapters and prompts as in `LocalBackend`. The KV cache grows in chunks as rows
@@ -45,7 +45,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling: float |
     return out.view(batch, heads, 1, dim).transpose(1, 2), None
 
 
-AttentionInterface.register("mfsi", decode_attention)
+AttentionInterface.register("batched", decode_attention)
 
 
 @contextmanager
@@ -59,7 +59,7 @@ def attention(model, implementation: str) -> Iterator[None]:
         config._attn_implementation = previous
 
 
-class MfsiBackend(LocalBackend):
+class BatchedBackend(LocalBackend):
     """Our decode loop over the in-process (PEFT) model; see the module doc."""
 
     @staticmethod
@@ -80,7 +80,7 @@ class MfsiBackend(LocalBackend):
         problem = self.unsupported(model.config, context_length)
         if problem:
             raise ConfigError(
-                f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
+                f"generation.backend=batched cannot drive this model ({problem}): set generation.backend=hf"
             )
         self.prefixes = Prefixes(cfg.prefix_cache_mb)
         self.prefill_chunk = cfg.prefill_chunk
@@ -221,7 +221,7 @@ class MfsiBackend(LocalBackend):
     def _forward(self, input_ids, mask, position, cache: KVBuffer, names, keep: int = 1) -> torch.Tensor:
         """Next-token logits [batch, keep, vocab] at the last `keep` positions of input_ids,
         whose keys and values it writes: at cache.columns if set, else from cache.filled on."""
-        with attention(self.model, "mfsi"):
+        with attention(self.model, "batched"):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=mask,
