@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from mfsi.chat import Message, cut_prompt, end_ids, sequences
+from mfsi.chat import Message, cut_prompt, end_ids, pad, sequences
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,6 @@ def _batch(
     full = [sequences(tokenizer, c, stop=stop)[0] for c in conversations]
     rendered = full if prompt_room is None else [cut_prompt(r, prompt_room) for r in full]
     cut = sum(len(a["input_ids"]) != len(b["input_ids"]) for a, b in zip(full, rendered))
-    width = max(len(r["input_ids"]) for r in rendered)
-
-    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        return torch.tensor([row + [value] * (width - len(row)) for row in rows])
-
     ids = pad([r["input_ids"] for r in rendered], tokenizer.pad_token_id)
     attention = pad([[1] * len(r["input_ids"]) for r in rendered], 0)
     response = pad([r["assistant_masks"] for r in rendered], 0).bool()

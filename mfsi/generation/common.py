@@ -15,7 +15,7 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
-from mfsi.chat import THINK, THINK_END, Message, cut_prompt, end_ids, opens_reasoning, prompt_ids
+from mfsi.chat import THINK, THINK_END, Message, cut_prompt, end_ids, opens_reasoning, pad, prompt_ids
 from mfsi.errors import ConfigError
 from mfsi.fitting import Piece, fit
 from mfsi.society import context_length, model_config
@@ -352,12 +352,9 @@ class LocalBackend(Backend):
     ) -> list[str]:
         """New texts for (adapter name or BASE, prompt ids) rows: one adapter, or `names` per row."""
         prompts = [ids for _, ids in batch]
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        real = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
-        )
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad(prompts, pad_id, left=True).to(self.model.device)
+        real = pad([[1] * len(p) for p in prompts], 0, left=True).to(self.model.device)
         if names is None and adapter is None and hasattr(self.model, "disable_adapter"):
             with self.model.disable_adapter():
                 new = self._decode(input_ids, real, names, batch)
@@ -366,8 +363,8 @@ class LocalBackend(Backend):
                 self.model.set_adapter(adapter)
             new = self._decode(input_ids, real, names, batch)
         if self.budget:
-            new = self.budget.cut(new, pad)
-        self.stats.new_tokens += int((new != pad).sum())
+            new = self.budget.cut(new, pad_id)
+        self.stats.new_tokens += int((new != pad_id).sum())
         self.stats.by_adapter[adapter or BASE] += len(prompts)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
