@@ -35,11 +35,12 @@ from mfsi.diversity import debate_diversity, load_embedder
 from mfsi.errors import DataError
 from mfsi.generation import generates_locally, make_backend
 from mfsi.metrics import debate_metrics, table, unfinished_reasoning
+from mfsi.plots import plot_iterations, plot_rounds
 from mfsi.rundir import done_marker
 from mfsi.selection import rationalisation_requests, select, sizes
 from mfsi.society import Society, context_length, load_model, load_tokenizer, roles
 from mfsi.tasks import Task, load_task
-from mfsi.tracking import Tracker, plot_iterations, plot_rounds
+from mfsi.tracking import Tracker
 from mfsi.training import train_adapter
 
 log = logging.getLogger(__name__)

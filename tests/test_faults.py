@@ -277,9 +277,9 @@ def test_each_start_adds_to_the_config_history(run_copy, make):
 WRITE = """import sys
 from pathlib import Path
 import matplotlib.pyplot as plt
-from mfsi import rundir, tracking
+from mfsi import plots, rundir
 rundir.write_json(Path(sys.argv[1]) / "a.json", {})
-tracking._save(plt.figure(), Path(sys.argv[1]) / "a.png")
+plots.save(plt.figure(), Path(sys.argv[1]) / "a.png")
 """
 
 
