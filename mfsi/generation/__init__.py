@@ -29,9 +29,9 @@ BACKENDS = {"batched": BatchedBackend, "hf": HFBackend, "vllm": VllmBackend, "op
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BatchedBackend",
     "HFBackend",
     "LocalBackend",
-    "BatchedBackend",
     "OpenAIBackend",
     "ReasoningBudget",
     "Request",
