@@ -105,9 +105,9 @@ def bench(debate) -> dict:
         "seconds": seconds,
         "tokens_per_s": timed.stats.new_tokens / seconds,
         "peak_rss_mb": peak_rss_mb(),
-        "peak_kv_cache_mb": timed.stats.peak_cache_bytes / 2**20,  # mfsi decoder
+        "peak_kv_cache_mb": timed.stats.peak_cache_bytes / 2**20,  # batched decoder
         "largest_batch": timed.stats.largest_batch,
-        **timed.stats.tokens(),  # new, prefilled, reused (mfsi decoder), drafted and kept (--lookup-tokens)
+        **timed.stats.tokens(),  # new, prefilled, reused (batched), drafted and kept (--lookup-tokens)
         "by_round": timed.rounds,
     }
 
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=TINY.generation.max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=TINY.generation.batch_size)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--backend", default="mfsi", choices=["mfsi", "hf"], help="of the batched run")
+    parser.add_argument("--backend", default="batched", choices=["batched", "hf"], help="of the batched run")
     parser.add_argument("--compare", default="", help="more backends to run as the batched run: hf,vllm")
     parser.add_argument("--vllm-kv-cache-mb", type=int, default=TINY.generation.vllm_kv_cache_mb)
     parser.add_argument("--context-length", type=int, default=TINY.model.context_length)

@@ -1,6 +1,6 @@
 """What recording the data files' SHA-256 in splits.json costs, next to loading the task.
 
-    python -m experiments.data_hashing [--data ../shared/data] [--math-files 12500]
+    python -m experiments.data_hashing [--data /path/to/data] [--math-files 12500]
 
 Each run hashes every data file it reads (mfsi.rundir.describe) so that a resume on changed
 data stops. Prints, per real file given, the seconds to load the task from it and to hash
@@ -52,7 +52,9 @@ def math_folder(root: Path, files: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data", default=str(ROOT / "data"), help="a folder holding gsm8k/ and math/hendrycks_test.jsonl"
+    )
     parser.add_argument("--math-files", type=int, default=12500)
     args = parser.parse_args()
     data = Path(args.data)

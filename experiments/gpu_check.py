@@ -3,7 +3,7 @@
     python -m experiments.gpu_check --out gpu_check.json            # one GPU, a few minutes
     python -m experiments.gpu_check --shape tiny --device cpu --dtype float32   # small, on a CPU
 
-Builds offline a random-weight model of Llama-3-8B's shape (mfsi.random_models: grouped-
+Builds offline a random-weight model of Llama-3-8B's shape (mfsi.testing.random_models: grouped-
 query attention, the published chat template, the real 128256-token vocabulary) and, for
 each precision in --quantizations (default: nf4, then none = --dtype), loads it as a run
 does (model.path), adds 2N adapters (random, so that they differ), trains one with
@@ -31,9 +31,9 @@ from experiments.bench_debate import peak_rss_mb, reset_peak
 from mfsi.config import FinetuneConfig, GenerationConfig, LoraConfig, ModelConfig, TaskConfig
 from mfsi.debate import run_debate
 from mfsi.generation import BACKENDS
-from mfsi.random_models import SHAPES, build
 from mfsi.society import DTYPES, Society, load_base, resolve_device, roles
 from mfsi.tasks import load_task
+from mfsi.testing.random_models import SHAPES, build
 from mfsi.training import train_adapter
 
 GB = 2**30
@@ -140,7 +140,7 @@ def check(args, folder: Path, quantization: str, device: torch.device) -> dict:
 
     requests = [(names[i % len(names)], task.prompt(p)) for i, p in enumerate(problems[: args.greedy_rows])]
     texts = {}
-    for name in ("mfsi", "hf"):
+    for name in ("batched", "hf"):
         gen = GenerationConfig(
             temperature=0.0,
             max_new_tokens=args.max_new_tokens,
@@ -155,7 +155,7 @@ def check(args, folder: Path, quantization: str, device: torch.device) -> dict:
         out[f"greedy_{name}_s"] = seconds
     out["greedy"] = {
         "rows": len(requests),
-        "identical": sum(a == b for a, b in zip(texts["mfsi"], texts["hf"])),
+        "identical": sum(a == b for a, b in zip(texts["batched"], texts["hf"])),
     }
     out["ok"] = all(out["train"][k] for k in ("on_device", "others_bit_identical", "trained"))
     return out
@@ -163,7 +163,7 @@ def check(args, folder: Path, quantization: str, device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", default="llama3", help="mfsi.random_models.FAMILIES")
+    parser.add_argument("--family", default="llama3", help="mfsi.testing.random_models.FAMILIES")
     parser.add_argument("--shape", default="8b", choices=sorted(SHAPES))
     parser.add_argument("--device", default="auto", help="model.device")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))

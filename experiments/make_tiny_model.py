@@ -3,7 +3,7 @@
     python -m experiments.make_tiny_model --out models/tiny-arith             # the shipped model
     python -m experiments.make_tiny_model --out /tmp/t --steps 4 --eval-n 8   # smoke test
 
-A 0.9M-parameter character-level Llama (mfsi/charlm.py) learns the arithmetic task
+A 0.9M-parameter character-level Llama (mfsi/testing/charlm.py) learns the arithmetic task
 a+b*c+d-e*f from generated data, speaking exactly the prompts the pipeline sends: every
 conversation is built with the task layer's prompt builders (Arithmetic.prompt,
 Task.debate_prompt) and rendered with mfsi.chat.sequences, the loss on the last assistant
@@ -45,13 +45,13 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from mfsi.charlm import build_tokenizer, llama_config
 from mfsi.chat import Message, sequences
 from mfsi.config import GenerationConfig
 from mfsi.debate import run_debate
-from mfsi.generation import MfsiBackend
+from mfsi.generation import BatchedBackend
 from mfsi.metrics import debate_metrics, mean
 from mfsi.tasks import Arithmetic, Problem, arithmetic_expression
+from mfsi.testing.charlm import build_tokenizer, llama_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
 TASK = Arithmetic({"train": [], "eval": []})  # prompts and grading only; questions come from here
@@ -185,7 +185,7 @@ def collate(examples: list[Example], pad: int) -> dict[str, torch.Tensor]:
 
 # --- evaluation -----------------------------------------------------------------------
 def evaluate(
-    backend: MfsiBackend, problems: list[Problem], seed: int, rounds: int = 2, agents: int = 3
+    backend: BatchedBackend, problems: list[Problem], seed: int, rounds: int = 2, agents: int = 3
 ) -> dict:
     """The pipeline's own concatenation debate (mfsi.debate) with the bare model as every
     agent: per round, the agents' accuracy, parse rate and the majority's accuracy.
@@ -204,7 +204,7 @@ def evaluate(
 
 
 # --- training -------------------------------------------------------------------------
-def own_samples(backend: MfsiBackend, problems: list[Problem], k: int, seed: int) -> list[list[str]]:
+def own_samples(backend: BatchedBackend, problems: list[Problem], k: int, seed: int) -> list[list[str]]:
     """k sampled round-1 solutions per problem, as the pipeline would sample them."""
     flat = backend.generate([(None, TASK.prompt(p)) for p in problems for _ in range(k)], seed, "own samples")
     return [flat[i * k : (i + 1) * k] for i in range(len(problems))]
@@ -221,7 +221,7 @@ def train(out: Path, recipe: Recipe, device: str = "cpu") -> float:
     tokenizer = build_tokenizer()
     shape = dict(hidden=recipe.hidden, layers=recipe.layers, heads=recipe.heads, ffn=recipe.ffn)
     model = LlamaForCausalLM(llama_config(len(tokenizer), context=context, **shape)).to(device)
-    backend = MfsiBackend(model, tokenizer, gen_cfg, context_length=context)
+    backend = BatchedBackend(model, tokenizer, gen_cfg, context_length=context)
     held_out = held_out_questions(recipe.eval_n, recipe.eval_seed)
     exclude = {p.question for p in held_out}
     optimizer = torch.optim.AdamW(
@@ -320,7 +320,7 @@ def evaluate_folder(out: Path, recipe: Recipe, device: str = "cpu") -> dict:
     gen_cfg = GenerationConfig(**conf["generation"])
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).to(device).eval()
-    backend = MfsiBackend(model, tokenizer, gen_cfg, context_length=conf["model"]["context_length"])
+    backend = BatchedBackend(model, tokenizer, gen_cfg, context_length=conf["model"]["context_length"])
     start = time.time()
     result = evaluate(backend, held_out_questions(recipe.eval_n, recipe.eval_seed), seed=recipe.seed)
     path = out / "eval.json"

@@ -77,7 +77,7 @@ def sliding_window_model(path: Path) -> Path:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from mfsi.charlm import build_tokenizer
+    from mfsi.testing.charlm import build_tokenizer
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

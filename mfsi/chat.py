@@ -42,10 +42,11 @@ naming the model and the template's own error line.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import torch
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
@@ -196,6 +197,15 @@ def final_answer(text: str, opened: bool = False) -> str | None:
     if THINK_END in text:
         return text.rsplit(THINK_END, 1)[1].lstrip()
     return None if opened or THINK in text else text
+
+
+def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Rows of token ids (or masks) as one tensor [rows, longest] filled out with `value`: on
+    the right for training and scoring, on the left for generation (every prompt then ends
+    at the last column, where the new tokens start)."""
+    width = max(map(len, rows))
+    filled = [([value] * (width - len(row)), list(row)) for row in rows]
+    return torch.tensor([fill + row if left else row + fill for fill, row in filled])
 
 
 def cut_prompt(rendered: dict[str, list[int]], room: int) -> dict[str, list[int]]:

@@ -81,18 +81,18 @@ class GenerationConfig:
     batch_size: Any = 32  # int | "auto"
     memory_fraction: float = 0.5
     mixed_adapters: bool = False  # one batch across adapters (PEFT adapter_names)
-    # mfsi: our decode loop (fast; needs sdpa) | hf: model.generate (any model) | vllm: vLLM's
+    # batched: our decode loop (fast; needs sdpa) | hf: model.generate (any model) | vllm: vLLM's
     # multi-LoRA engine in this process | openai: any OpenAI-compatible endpoint (generation only)
-    backend: str = "mfsi"
+    backend: str = "batched"
     decoder: str | None = None  # renamed generation.backend: a value here is an error that says so
-    prefill_chunk: int = 128  # prompt positions per forward in the mfsi decoder
-    # The mfsi decoder's KV cache starts at the prompt plus this many positions and grows by
+    prefill_chunk: int = 128  # prompt positions per forward in the batched decoder
+    # The batched decoder's KV cache starts at the prompt plus this many positions and grows by
     # as many whenever a row outgrows it, instead of reserving max_new_tokens for every row
     cache_growth: int = 256
     # Keys and values of the conversations of the two calls before, for prompts that begin
-    # like one (mfsi decoder: the next debate round, while generator and critic are one model)
+    # like one (batched decoder: the next debate round, while generator and critic are one model)
     prefix_cache_mb: int = 2048  # 0 = off
-    # Prompt lookup (mfsi decoder): each step also feeds up to lookup_tokens drafted tokens,
+    # Prompt lookup (batched decoder): each step also feeds up to lookup_tokens drafted tokens,
     # copied from what followed the row's last lookup_ngram tokens earlier in its context,
     # and keeps those that sampling agrees with: the output distribution is unchanged. Pays
     # where answers quote the prompt, as critics quote the others in debate rounds >= 2.
@@ -203,6 +203,13 @@ class Config:
     verbose: bool = False  # true (or `run.py -v`): library tips, deprecation and loading output too
 
 
+def shape(cfg: DictConfig, split: str) -> tuple[int, int]:
+    """(agents, rounds) of the debate on a split ("train" or "eval"); evaluation may override both."""
+    if split == "eval":
+        return cfg.evaluation.agents or cfg.agents, cfg.evaluation.rounds or cfg.debate.rounds
+    return cfg.agents, cfg.debate.rounds
+
+
 def register() -> None:
     """Put the schema in Hydra's ConfigStore (conf/config.yaml lists it first)."""
     ConfigStore.instance().store(name="schema", node=Config)
@@ -216,11 +223,13 @@ CHOICES = {
     "debate.style": ("critical", "cooperative"),
     "debate.share": ("answer", "full"),
     "finetune.init": ("previous", "base"),
-    "generation.backend": ("mfsi", "hf", "vllm", "openai"),
+    "generation.backend": ("batched", "hf", "vllm", "openai"),
     "generation.vllm_release": ("sleep", "shutdown", "keep"),
     "logger.name": ("wandb", "none"),
     "logger.mode": (None, "online", "offline", "disabled"),
 }
+
+RENAMED_BACKENDS = {"mfsi": "batched"}  # old generation.backend values: refused, naming the new one
 
 REQUIRED = {  # keys a preset may leave as ??? (no default), and what to give them
     "model.path": "a Hugging Face hub id or a local folder with the model",
@@ -282,12 +291,18 @@ def validate(cfg: DictConfig) -> None:
     """Reject values a type cannot rule out, naming the key, the value and what is expected.
 
     Only the config is read (no model, no data), so this runs in well under a second; the
-    checks that need the model's own config are mfsi.loop.preflight.
+    checks that need the model's own config are in mfsi.preflight.
     """
-    if cfg.generation.decoder is not None:
+    decoder, backend = cfg.generation.decoder, cfg.generation.backend
+    if decoder is not None:
         raise ConfigError(
-            f"generation.decoder={cfg.generation.decoder!r}: the key is now generation.backend "
-            f"(use generation.backend={cfg.generation.decoder})"
+            f"generation.decoder={decoder!r}: the key is now generation.backend "
+            f"(use generation.backend={RENAMED_BACKENDS.get(decoder, decoder)})"
+        )
+    if backend in RENAMED_BACKENDS:
+        raise ConfigError(
+            f"generation.backend={backend}: the backend is now named {RENAMED_BACKENDS[backend]} "
+            f"(use generation.backend={RENAMED_BACKENDS[backend]})"
         )
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -300,11 +315,11 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)}: expected {expected}")
-    generation = cfg.generation  # the token budget against the context: loop.preflight
-    if generation.lookup_tokens and generation.backend != "mfsi":
+    generation = cfg.generation  # the token budget against the context: mfsi.preflight
+    if generation.lookup_tokens and generation.backend != "batched":
         raise ConfigError(
             f"generation.lookup_tokens={generation.lookup_tokens} with generation.backend="
-            f"{generation.backend}: expected lookup_tokens=0 (only the mfsi backend checks drafts)"
+            f"{generation.backend}: expected lookup_tokens=0 (only the batched backend checks drafts)"
         )
     budget = generation.max_reasoning_tokens
     if budget is not None and not 1 <= budget < generation.max_new_tokens:
@@ -326,7 +341,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"method.name={cfg.method.name!r} with generation.backend=openai: expected base, majority or "
             "debate; finetuning through an API is not supported (the adapters train on local weights: "
-            "use generation.backend=vllm or mfsi for it)"
+            "use generation.backend=vllm or batched for it)"
         )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

@@ -4,6 +4,7 @@
     scores = model_diversity(society.model, society.tokenizer, records,
                              adapters=["gen0", "gen1", "gen2"])  # agent n's generator, None = base
     # {"likelihood_diversity": ..., "kl_divergence": ..., "kl_from_base": ...}
+    row = debate_diversity(records, load_embedder(), model, tokenizer, adapters)  # all of them
 
 Definitions, for records from mfsi.debate with N agents, f_qn agent n's final-round response
 to question q, r_qn its round-1 response, and p_n the next-token distribution of adapters[n]:
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from mfsi.chat import Message, cut_prompt, end_ids, sequences
+from mfsi.chat import Message, cut_prompt, end_ids, pad, sequences
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,34 @@ def model_diversity(
     return {key: sum(v) / len(v) if v else None for key, v in values.items()}
 
 
+def debate_diversity(
+    records: Sequence[dict],
+    embed: Embed,
+    model=None,
+    tokenizer=None,
+    adapters: Sequence[str | None] = (),
+    questions: int | None = None,
+    batch_size: int | None = None,
+    prompt_room: int | None = None,
+) -> dict:
+    """Every metric above for one debate, as its metrics row holds them: the mean embedding
+    dissimilarity ("per_question" holds each question's) and the model-based ones on the
+    first `questions` records, or None without a model (an API generated); batch_size None:
+    model_diversity's own."""
+    dissimilarity = embedding_dissimilarity(records, embed)
+    model_based = dict.fromkeys(MODEL_BASED)
+    if model is not None:
+        batch = {} if batch_size is None else {"batch_size": batch_size}
+        model_based = model_diversity(
+            model, tokenizer, records[:questions], adapters, **batch, prompt_room=prompt_room
+        )
+    return {
+        "embedding_dissimilarity": None if dissimilarity is None else sum(dissimilarity) / len(dissimilarity),
+        "per_question": {"embedding_dissimilarity": dissimilarity and [round(d, 5) for d in dissimilarity]},
+        **model_based,
+    }
+
+
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> float:
     """Mean over rows of KL(p || q), from log-probabilities [T, V]."""
     return float((logp.exp() * (logp - logq)).sum(-1).mean())
@@ -167,11 +196,6 @@ def _batch(
     full = [sequences(tokenizer, c, stop=stop)[0] for c in conversations]
     rendered = full if prompt_room is None else [cut_prompt(r, prompt_room) for r in full]
     cut = sum(len(a["input_ids"]) != len(b["input_ids"]) for a, b in zip(full, rendered))
-    width = max(len(r["input_ids"]) for r in rendered)
-
-    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        return torch.tensor([row + [value] * (width - len(row)) for row in rows])
-
     ids = pad([r["input_ids"] for r in rendered], tokenizer.pad_token_id)
     attention = pad([[1] * len(r["input_ids"]) for r in rendered], 0)
     response = pad([r["assistant_masks"] for r in rendered], 0).bool()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+from mfsi.chat import final_answer
 from mfsi.tasks import Task
 
 
@@ -64,3 +65,27 @@ def debate_metrics(records: list[dict], task: Task) -> dict:
         "questions": fingerprint([r["id"] for r in records]),
         "per_question": {"correct": correct, "agreeing": agreeing},
     }
+
+
+def unfinished_reasoning(records: list[dict], opened: bool) -> int:
+    """Responses whose reasoning never ended (cut by max_new_tokens or max_reasoning_tokens),
+    which give no answer; `opened`: the generation prompt opens the reasoning (mfsi.chat)."""
+    return sum(
+        final_answer(text, opened) is None for r in records for texts in r["responses"] for text in texts
+    )
+
+
+def table(rows: list[dict]) -> str:
+    """The metrics rows of a run's evaluations as the plain-text table a run prints: accuracy
+    ± stderr and by round in %, consensus, embedding dissimilarity, unparsed answers."""
+    header = ("iter", "n", "accuracy", "by round", "consensus", "dissim.", "unparsed")
+    lines = ["{:>4} {:>5} {:>13} {:>18} {:>9} {:>8} {:>8}".format(*header)]
+    for r in rows:
+        by_round = " ".join(f"{100 * a:.1f}" for a in r["accuracy_by_round"])
+        accuracy = f"{100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f}"
+        dissimilarity = r.get("embedding_dissimilarity")
+        lines.append(
+            f"{r['iteration']:>4} {r['n']:>5} {accuracy:>13} {by_round:>18} {r['consensus']:>9.2f} "
+            f"{'-' if dissimilarity is None else f'{dissimilarity:.3f}':>8} {r['parse_failure_rate']:>8.2f}"
+        )
+    return "\n".join(lines)

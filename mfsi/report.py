@@ -44,19 +44,13 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import matplotlib
 import yaml
 
-matplotlib.use("Agg")  # files only, no display (before pyplot is imported)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from mfsi import console, rundir  # noqa: E402
-from mfsi.errors import DataError  # noqa: E402
-from mfsi.stats import Difference, Pair, mcnemar, mean_sem, paired_bootstrap  # noqa: E402
+from mfsi import console, rundir
+from mfsi.errors import DataError
+from mfsi.plots import Line, draw
+from mfsi.stats import Difference, Pair, mcnemar, mean_sem, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -448,46 +442,6 @@ DIVERSITY_NOTE = (
     "the share of agents agreeing with the majority), mean over seeds [95% paired bootstrap "
     "interval over seeds and questions].\n"
 )
-
-
-class Line(NamedTuple):
-    label: str
-    x: list[float]
-    y: list[float]
-    err: list[float]  # error bars of one run, or the half-width of the band of several
-    runs: tuple[tuple[list[float], list[float]], ...] = ()  # each run's own (x, y)
-
-
-def figure(panels: dict[str, list[Line]], xlabel: str, ylabel: str) -> Figure:
-    """One panel per entry, side by side; an empty panel says so instead of going blank. A
-    line from several runs (seeds) is their mean with a band of ± its standard error and
-    each run's own curve drawn faintly; a line from one run has that run's error bars."""
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], panels.items() or [("no runs", [])]):
-        for line in lines:
-            if len(line.runs) > 1:
-                (mean,) = ax.plot(line.x, line.y, marker="o", label=f"{line.label} ({len(line.runs)} runs)")
-                low = [y - e for y, e in zip(line.y, line.err)]
-                high = [y + e for y, e in zip(line.y, line.err)]
-                ax.fill_between(line.x, low, high, color=mean.get_color(), alpha=0.2)
-                for x, y in line.runs:
-                    ax.plot(x, y, color=mean.get_color(), alpha=0.35, linewidth=0.8)
-            else:
-                ax.errorbar(line.x, line.y, yerr=line.err, marker="o", capsize=3, label=line.label)
-        if not lines:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.legend(fontsize="small")
-        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    return fig
-
-
-def draw(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: str) -> None:
-    fig = figure(panels, xlabel, ylabel)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def curve(label: str, runs: list[Run], key: str, stderr: str | None = None, scale: float = 1.0) -> Line:

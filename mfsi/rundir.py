@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -138,6 +139,15 @@ def append_jsonl(path: Path, record: Any) -> None:
     lines are dropped, with a warning each."""
     path = Path(path)
     write_jsonl(path, [*(read_jsonl(path, skip_damaged=True) if path.exists() else []), record])
+
+
+def copy_folder(source: Path, target: Path) -> None:
+    """Copy a folder atomically: into a temporary sibling, then renamed into place."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)  # a copy cut short, or damaged since
+    tmp.rename(target)
 
 
 # --- stage markers -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ conversations[n] (agent n's whole chat). An example is
 where loss_from_turn is the first assistant turn that carries loss: a critic
 conversation starts with the generator's round-1 answer, which the critic must not learn.
 
-Rules (DESIGN.md "Method semantics"): an answer agrees with the majority when both are
+Rules: an answer agrees with the majority when both are
 parsed and task.equivalent says so, so unparsed answers never agree and a question
 without a majority gives no data. Generator data is each agent's round-1 (prompt,
 answer) that agrees. Critic data (debates of 2+ rounds) is each agent's whole

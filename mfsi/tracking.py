@@ -1,9 +1,9 @@
-"""Where results go: metrics.jsonl (always), Weights & Biases (logger=wandb), plots.
+"""Where results go: metrics.jsonl (always) and Weights & Biases (logger=wandb).
 
     tracker = Tracker(cfg, run_dir)
     tracker.log(row, records)   # one evaluation: a metrics.jsonl row, W&B scalars + transcripts
+    tracker.log_image("accuracy_by_iteration", path)   # a plot (mfsi.plots) to W&B
     tracker.finish()
-    plot_rounds(rows, run_dir / "accuracy_by_round.png")
 
 W&B runs one run per Hydra job, grouped by cfg.logger.group, with its files inside the
 run directory. Mode: cfg.logger.mode if set, else $WANDB_MODE, else online only when an
@@ -177,65 +177,3 @@ class Tracker:
             self._lost(e)
         if offline:
             print(f"W&B offline run: {folder} (upload with: wandb sync {folder})")
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(5, 3.5))
-
-
-def _save(fig, path: Path) -> None:
-    """Write a figure atomically, then close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fd, tmp = rundir.temporary(path, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _title(rows: list[dict]) -> str:
-    first = rows[0] if rows else {}
-    label = first.get("variant", first.get("method", ""))
-    return f"{first.get('task', '')} {label}, {first.get('agents', '')} agents"
-
-
-def plot_rounds(rows: list[dict], path: Path) -> None:
-    """Majority accuracy (± stderr) after each debate round, one line per evaluation."""
-    fig, ax = _figure()
-    for row in rows:
-        rounds = range(1, len(row["accuracy_by_round"]) + 1)
-        acc = [100 * a for a in row["accuracy_by_round"]]
-        err = [100 * row["stderr"] if m == len(acc) else 0 for m in rounds]  # final round only
-        ax.errorbar(
-            rounds, acc, yerr=err, marker="o", capsize=3, label=f"iter {row['iteration']} {row['split']}"
-        )
-    ax.set(xlabel="debate round", ylabel="majority accuracy (%)", title=_title(rows), ylim=(0, 100))
-    ax.set_xticks(range(1, max((len(r["accuracy_by_round"]) for r in rows), default=1) + 1))
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_iterations(rows: list[dict], path: Path) -> None:
-    """Final-round majority accuracy (± stderr) and consensus after each finetuning iteration."""
-    fig, ax = _figure()
-    iterations = [r["iteration"] for r in rows]
-    ax.errorbar(
-        iterations,
-        [100 * r["accuracy"] for r in rows],
-        yerr=[100 * r["stderr"] for r in rows],
-        marker="o",
-        capsize=3,
-        label="accuracy",
-    )
-    ax.plot(iterations, [100 * r["consensus"] for r in rows], marker="s", ls="--", label="consensus")
-    ax.set(xlabel="finetuning iteration", ylabel="%", title=_title(rows), ylim=(0, 100))
-    ax.set_xticks(iterations)
-    ax.legend(fontsize=8)
-    _save(fig, path)

@@ -54,7 +54,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from mfsi.chat import end_ids, sequences
+from mfsi.chat import end_ids, pad, sequences
 from mfsi.console import Stopped
 from mfsi.errors import ConfigError, DataError
 
@@ -101,11 +101,6 @@ def check_encodable(tokenizer, stop: Collection[int] | None, examples: list[dict
 
 def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors: pad tokens are masked out of attention and loss."""
-    width = max(len(b["input_ids"]) for b in batch)
-
-    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        return torch.tensor([row + [value] * (width - len(row)) for row in rows])
-
     return {
         "input_ids": pad([b["input_ids"] for b in batch], pad_id),
         "attention_mask": pad([[1] * len(b["input_ids"]) for b in batch], 0),

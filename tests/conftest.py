@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
 from mfsi import loop, rundir
-from mfsi.charlm import build_tokenizer, llama_config
 from mfsi.config import LoraConfig, ModelConfig, register
 from mfsi.society import Society, load_base
+from mfsi.testing.charlm import build_tokenizer, llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory):
 def family_model_dir(tmp_path_factory):
     """family name -> folder of a tiny random-weight model of that real family (Llama-3,
     Mistral, Phi-3, Qwen2, Gemma-2) with its published chat template; built once per session."""
-    from mfsi.random_models import build
+    from mfsi.testing.random_models import build
 
     built = {}
 

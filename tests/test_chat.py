@@ -6,12 +6,14 @@ import logging
 from datetime import datetime
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mfsi.chat import (
     end_ids,
     final_answer,
     opens_reasoning,
+    pad,
     prompt_ids,
     render_text,
     sequences,
@@ -19,9 +21,9 @@ from mfsi.chat import (
 )
 from mfsi.errors import ConfigError
 from mfsi.paths import ROOT
-from mfsi.random_models import FAMILIES, TEMPLATES
 from mfsi.selection import sample_examples
 from mfsi.tasks import Arithmetic
+from mfsi.testing.random_models import FAMILIES, TEMPLATES
 from mfsi.training import IGNORE, check_encodable, encode
 
 TASK = Arithmetic({})
@@ -230,3 +232,10 @@ def test_a_turn_without_an_end_token_generation_stops_at_is_warned_about(tiny_mo
     with caplog.at_level(logging.WARNING, logger="mfsi.training"):
         check_encodable(tokenizer, stop, [generator])
     assert "not a token generation stops at" in caplog.text
+
+
+def test_pad_fills_token_rows_out_on_either_side():
+    """One helper pads training's batches and the diversity scorer's (right) and generation's (left)."""
+    assert pad([[1, 2, 3], [4]], 0).tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert pad([[1, 2, 3], [4]], 9, left=True).tolist() == [[1, 2, 3], [9, 9, 4]]
+    assert pad([(5, 6)], 0).dtype == torch.int64

@@ -13,7 +13,7 @@ from mfsi.config import GenerationConfig, ModelConfig, register
 from mfsi.debate import REFLECT, run_debate
 from mfsi.errors import ConfigError
 from mfsi.fitting import CUT
-from mfsi.generation import Backend, MfsiBackend, Stats
+from mfsi.generation import Backend, BatchedBackend, Stats
 from mfsi.loop import run
 from mfsi.society import load_base, roles
 from mfsi.tasks import BOXED, Arithmetic, Problem
@@ -147,13 +147,13 @@ def test_agent_ids_and_the_cooperative_style_reach_every_agents_conversation(sum
 def test_real_backend_debates_end_to_end(tiny_model_dir):
     model, tokenizer = load_base(OmegaConf.structured(ModelConfig(path=str(tiny_model_dir))))
     gen = OmegaConf.structured(GenerationConfig(max_new_tokens=6, batch_size=4, temperature=1.0))
-    backend = MfsiBackend(model, tokenizer, gen, context_length=256)
+    backend = BatchedBackend(model, tokenizer, gen, context_length=256)
     records = run_debate(TASK, PROBLEMS, backend, roles(2, False, ()), rounds=2, summarize=True, seed=1)
     assert [list(r) for r in records] == [KEYS] * 2
     assert all(len(r["responses"]) == 2 and len(r["conversations"]) == 2 for r in records)
     assert backend.stats.requests == 2 * 2 * 2 + 2 * 2  # agents x questions x rounds + summaries
     again = run_debate(
-        TASK, PROBLEMS, MfsiBackend(model, tokenizer, gen, 256), roles(2, False, ()), 2, True, seed=1
+        TASK, PROBLEMS, BatchedBackend(model, tokenizer, gen, 256), roles(2, False, ()), 2, True, seed=1
     )
     assert again == records  # seeded sampling: the same debate twice
 

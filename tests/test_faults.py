@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from experiments.time_to_error import CASES, SLIDING, sliding_window_model
-from mfsi import loop, rundir
+from mfsi import loop, resume, rundir
 from mfsi.errors import ConfigError, DataError, MfsiError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_a_run_that_failed_early_takes_the_corrected_value(make, tmp_path, monke
             loop.run(make(*first), tmp_path)
     assert (tmp_path / "config.yaml").exists() and not list(tmp_path.glob("iter_*/*.done.json"))
     loop.run(make(*first[:2], "task.n_eval=3"), tmp_path)  # task.n_eval is not resumable
-    history = rundir.read_jsonl(tmp_path / loop.HISTORY)
+    history = rundir.read_jsonl(tmp_path / resume.HISTORY)
     assert [h["changed"] for h in history] == [
         {},
         {"generation.temperature": [0.0, 1.0], "task.n_eval": [2, 3]},
@@ -216,7 +216,7 @@ def test_a_run_whose_config_is_lost_is_refused_not_adopted(run_copy, make):
     """Without config.yaml and its history nothing says what made the finished stages: a
     resume with other settings (here 2 agents where 3 debated) would label them wrongly."""
     empty(run_copy / "config.yaml")
-    (run_copy / loop.HISTORY).unlink()
+    (run_copy / resume.HISTORY).unlink()
     with pytest.raises(
         DataError, match=f"{run_copy / 'config.yaml'} is damaged.*restore it.*new run directory"
     ):
@@ -252,22 +252,22 @@ def test_a_resume_with_changed_data_stops_naming_the_file(make, tmp_path, caplog
 
 def test_undecodable_run_files_are_named_and_the_run_resumes(run_copy, make, caplog):
     """Binary or non-UTF-8 bookkeeping is named and left out; what it held is rebuilt."""
-    (run_copy / loop.HISTORY).write_bytes(b"\x00\x01binary")
+    (run_copy / resume.HISTORY).write_bytes(b"\x00\x01binary")
     (run_copy / "metrics.jsonl").write_bytes(b"\xff\xfe not UTF-8\n")
     (run_copy / ".lock").write_bytes(b"\xff\x00")
     with caplog.at_level(logging.WARNING):
         summary = loop.run(make(), run_copy)
-    assert f"{run_copy / loop.HISTORY}: a binary file (it holds NUL bytes), not text" in caplog.text
+    assert f"{run_copy / resume.HISTORY}: a binary file (it holds NUL bytes), not text" in caplog.text
     assert f"{run_copy / 'metrics.jsonl'}:1: not UTF-8 text (byte 0xff): left out" in caplog.text
     assert summary["final"]["iteration"] == 1
     assert [r["iteration"] for r in rundir.read_jsonl(run_copy / "metrics.jsonl")] == [0, 1]
-    assert len(rundir.read_jsonl(run_copy / loop.HISTORY)) == 1  # a new history starts
+    assert len(rundir.read_jsonl(run_copy / resume.HISTORY)) == 1  # a new history starts
 
 
 def test_each_start_adds_to_the_config_history(run_copy, make):
-    before = rundir.read_jsonl(run_copy / loop.HISTORY)
+    before = rundir.read_jsonl(run_copy / resume.HISTORY)
     loop.run(make("generation.batch_size=5"), run_copy)  # resumable: changes no finished stage
-    history = rundir.read_jsonl(run_copy / loop.HISTORY)
+    history = rundir.read_jsonl(run_copy / resume.HISTORY)
     assert history[: len(before)] == before  # the record of what made the finished stages stays
     assert history[-1]["changed"] == {"generation.batch_size": [64, 5]}
     assert history[-1]["config"]["generation"]["batch_size"] == 5
@@ -277,9 +277,9 @@ def test_each_start_adds_to_the_config_history(run_copy, make):
 WRITE = """import sys
 from pathlib import Path
 import matplotlib.pyplot as plt
-from mfsi import rundir, tracking
+from mfsi import plots, rundir
 rundir.write_json(Path(sys.argv[1]) / "a.json", {})
-tracking._save(plt.figure(), Path(sys.argv[1]) / "a.png")
+plots.save(plt.figure(), Path(sys.argv[1]) / "a.png")
 """
 
 

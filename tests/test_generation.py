@@ -16,9 +16,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mfsi.config import Config, GenerationConfig, LoraConfig, ModelConfig, TaskConfig, validate
 from mfsi.debate import run_debate
 from mfsi.errors import ConfigError
-from mfsi.generation import BACKENDS, MfsiBackend
+from mfsi.generation import BACKENDS, BatchedBackend
+from mfsi.generation.batched import Prefix, Prefixes, PromptLookup, compaction, decode_attention, unique_rows
 from mfsi.generation.common import Footprint, ReasoningBudget, split
-from mfsi.generation.mfsi import Prefix, Prefixes, PromptLookup, compaction, decode_attention, unique_rows
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
 
@@ -67,9 +67,9 @@ def test_a_prompt_asked_again_is_prefilled_once_and_sampled_independently(societ
     alone = [backend(society).generate([r], seed=0)[0] for r in requests]
     assert backend(society, batch_size=5, mixed_adapters=True).generate(requests, seed=0) == alone
     prefilled = []
-    forward = MfsiBackend._forward
+    forward = BatchedBackend._forward
     monkeypatch.setattr(
-        MfsiBackend,
+        BatchedBackend,
         "_forward",
         lambda self, ids, *a, **kw: prefilled.append(ids.shape) or forward(self, ids, *a, **kw),
     )
@@ -222,6 +222,13 @@ def test_the_old_decoder_key_names_the_new_one():
         validate(cfg)
 
 
+def test_the_old_backend_name_names_the_new_one():
+    for old in (dict(backend="mfsi"), dict(decoder="mfsi")):
+        cfg = OmegaConf.structured(Config(generation=GenerationConfig(**old)))
+        with pytest.raises(ConfigError, match="use generation.backend=batched"):
+            validate(cfg)
+
+
 def test_sampling_is_seeded_and_top_p_keeps_the_nucleus(shipped):
     sampled = generate(shipped, seed=0)
     assert sampled == generate(shipped, seed=0)
@@ -305,7 +312,7 @@ def test_bf16_greedy_output_matches_model_generate_on_a_gqa_model(family_model_d
         cfg = GenerationConfig(max_new_tokens=48, batch_size=32, temperature=0.0, backend=backend_name)
         return make(model, tokenizer, OmegaConf.structured(cfg), 1024).generate(requests, seed=0)
 
-    ours, theirs = greedy("mfsi"), greedy("hf")
+    ours, theirs = greedy("batched"), greedy("hf")
     assert sum(a == b for a, b in zip(ours, theirs)) >= 30
 
 

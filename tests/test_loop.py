@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mfsi import loop, rundir, training
+from mfsi import loop, resume, rundir, training
 from mfsi.errors import ConfigError, DataError
 from mfsi.selection import agrees
 from mfsi.tasks import load_task
@@ -116,13 +116,13 @@ def test_a_finished_run_is_not_redone(finished_run, make):
         return {
             p: p.stat().st_mtime_ns
             for p in run_dir.rglob("*.json*")
-            if p.name not in (loop.HISTORY, "summary.json")
+            if p.name not in (resume.HISTORY, "summary.json")
         }
 
-    before, starts = stamps(), len(rundir.read_jsonl(run_dir / loop.HISTORY))
+    before, starts = stamps(), len(rundir.read_jsonl(run_dir / resume.HISTORY))
     assert loop.run(make(), run_dir)["final"] == summary["final"]
     assert stamps() == before
-    assert len(rundir.read_jsonl(run_dir / loop.HISTORY)) == starts + 1  # each start is recorded
+    assert len(rundir.read_jsonl(run_dir / resume.HISTORY)) == starts + 1  # each start is recorded
 
 
 def test_resume_with_a_changed_config_names_the_difference(finished_run, make):
@@ -137,13 +137,24 @@ def test_a_run_made_before_a_config_key_existed_resumes_when_it_holds_its_defaul
     run_dir, _ = finished_run
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)
-    (old / loop.HISTORY).unlink()  # a run made before the history, and before debate.agent_ids
+    (old / resume.HISTORY).unlink()  # a run made before the history, and before debate.agent_ids
     config = (old / "config.yaml").read_text()
     assert "  agent_ids: false\n" in config
     (old / "config.yaml").write_text(config.replace("  agent_ids: false\n", ""))
-    loop.check_resume(make(), old)  # the default is what that run did
+    resume.check_resume(make(), old)  # the default is what that run did
     with pytest.raises(ConfigError, match=r"debate.agent_ids: False -> True"):
-        loop.check_resume(make("debate.agent_ids=true"), old)
+        resume.check_resume(make("debate.agent_ids=true"), old)
+
+
+def test_a_run_made_when_the_batched_backend_was_named_mfsi_resumes(finished_run, make, tmp_path):
+    run_dir, _ = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    (old / resume.HISTORY).unlink()  # a run made before the rename (and the history)
+    config = (old / "config.yaml").read_text()
+    assert "  backend: batched\n" in config
+    (old / "config.yaml").write_text(config.replace("  backend: batched\n", "  backend: mfsi\n"))
+    assert resume.check_resume(make(), old) == {"generation.backend": ["mfsi", "batched"]}
 
 
 def test_unique_ids_and_cooperative_prompts_are_debated_and_trained_on(make, tmp_path):
@@ -224,7 +235,7 @@ def test_the_start_time_is_recorded_once_and_a_damaged_one_is_refused(make, tmp_
     loop.run(make("method=base"), tmp_path)
     started = (tmp_path / "started.txt").read_text()
     loop.run(make("method=base"), tmp_path)  # a resume keeps the first start's time
-    assert (tmp_path / "started.txt").read_text() == started and loop.start_time(tmp_path).year >= 2025
+    assert (tmp_path / "started.txt").read_text() == started and resume.start_time(tmp_path).year >= 2025
     (tmp_path / "started.txt").write_text("yesterday")
     with pytest.raises(DataError, match="started.txt is damaged"):
         loop.run(make("method=base"), tmp_path)

@@ -6,8 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from mfsi.metrics import debate_metrics
+from mfsi.plots import plot_rounds
 from mfsi.tasks import Arithmetic
-from mfsi.tracking import Tracker, plot_rounds, wandb_mode
+from mfsi.tracking import Tracker, wandb_mode
 
 TASK = Arithmetic({"train": [], "eval": []})
 

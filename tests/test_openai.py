@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from mfsi import loop, rundir
 from mfsi.config import GenerationConfig
 from mfsi.errors import ConfigError, GenerationError
-from mfsi.generation import MfsiBackend, OpenAIBackend
+from mfsi.generation import BatchedBackend, OpenAIBackend
 from mfsi.generation.openai import CACHE
 from mfsi.society import resolve
 from mfsi.tasks import load_task
@@ -239,7 +239,7 @@ def test_a_served_model_and_its_adapters_answer_as_our_decoder(server, served_so
         served_base="tiny",
     )
     texts = generator.generate(requests, seed=0)
-    local = MfsiBackend(served_society.model, served_society.tokenizer, generator.cfg, 1024)
+    local = BatchedBackend(served_society.model, served_society.tokenizer, generator.cfg, 1024)
     assert texts == local.generate(requests, seed=0)
     assert len(set(texts[:5])) == 5  # each adapter served under its own name
     assert generator.stats.new_tokens == local.stats.new_tokens
@@ -263,7 +263,7 @@ def test_a_debate_of_served_adapters_runs_through_the_loop_and_a_rerun_asks_noth
         for role, turns in (("gen", 1), ("critic", 3))
         for n in range(2)
     ]
-    local = MfsiBackend(served_society.model, served_society.tokenizer, cfg.generation, 1024)
+    local = BatchedBackend(served_society.model, served_society.tokenizer, cfg.generation, 1024)
     assert [text for r in records for round in r["responses"] for text in round] == local.generate(
         asked, seed=0
     )

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from mfsi.chat import render_text, set_template_kwargs
 from mfsi.config import ModelConfig
-from mfsi.random_models import FAMILIES
 from mfsi.society import load_base
+from mfsi.testing.random_models import FAMILIES
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 # Each family's published template, rendered (the formats of the model cards).

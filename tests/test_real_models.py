@@ -23,11 +23,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mfsi import chat, loop, rundir
+from mfsi import chat, loop, resume, rundir
 from mfsi.chat import end_ids, final_answer, prompt_ids, set_template_kwargs
 from mfsi.config import GenerationConfig, TaskConfig, register
 from mfsi.errors import ConfigError
-from mfsi.generation import HFBackend, MfsiBackend
+from mfsi.generation import BatchedBackend, HFBackend
 from mfsi.society import load_model, load_tokenizer
 from mfsi.tasks import load_task
 from mfsi.training import IGNORE, collate, encode
@@ -180,7 +180,7 @@ def test_one_iteration_trains_what_the_agents_wrote_and_reports_diversity(case, 
 
     # What training learns of a generator and a critic example: exactly the agent's own text
     # and its end of turn, after the prompt its debate generated from.
-    tokenizer = load_tokenizer(cfg.model, loop.start_time(tmp_path))
+    tokenizer = load_tokenizer(cfg.model, resume.start_time(tmp_path))
     stop = end_ids(AutoModelForCausalLM.from_pretrained(cfg.model.path), tokenizer)
     for name in ("gen0", "critic0"):
         example = rundir.read_jsonl(tmp_path / f"iter_1/data/{name}.jsonl")[0]
@@ -233,7 +233,7 @@ def test_reasoning_cut_off_gives_no_answer_and_is_counted_alike_on_both_backends
         GenerationConfig(temperature=0, max_new_tokens=24, max_reasoning_tokens=2)
     )
     ours, theirs = (
-        b(model, tokenizer, generation, 1024).generate(requests, seed=0) for b in (MfsiBackend, HFBackend)
+        b(model, tokenizer, generation, 1024).generate(requests, seed=0) for b in (BatchedBackend, HFBackend)
     )
     assert ours == theirs == [r["responses"][0][0] for r in records]
 
@@ -251,16 +251,16 @@ def test_greedy_decoding_writes_what_model_generate_writes(case, answering):
     ]
     requests = [(None, m) for m in first + second]
     generation = OmegaConf.structured(GenerationConfig(temperature=0, max_new_tokens=16))
-    ours = MfsiBackend(model, tokenizer, generation, 1024).generate(requests, seed=0)
+    ours = BatchedBackend(model, tokenizer, generation, 1024).generate(requests, seed=0)
     theirs = HFBackend(model, tokenizer, generation, 1024).generate(requests, seed=0)
     assert ours == theirs and ours[0] == ANSWERS[CASES[case][1]]
 
 
 def test_gemma3_is_refused_by_our_decoder_with_the_setting_it_needs(family_model_dir):
-    cfg = settings("gemma3", family_model_dir("gemma3"), "generation.backend=mfsi")
+    cfg = settings("gemma3", family_model_dir("gemma3"), "generation.backend=batched")
     tokenizer = load_tokenizer(cfg.model)
     with pytest.raises(ConfigError, match="sliding window.*generation.backend=hf"):
-        MfsiBackend(load_model(cfg.model, tokenizer), tokenizer, cfg.generation, 1024)
+        BatchedBackend(load_model(cfg.model, tokenizer), tokenizer, cfg.generation, 1024)
 
 
 class Clock(datetime):
@@ -277,7 +277,7 @@ def test_a_run_resumed_after_midnight_renders_the_date_it_started_with(answering
     """Llama-3.2's template prints today's date: a run started on the 14th and resumed on the
     15th renders every prompt, for generation and for training, with the 14th."""
     folder = answering("llama3.2")
-    monkeypatch.setattr(loop, "datetime", Clock)
+    monkeypatch.setattr(resume, "datetime", Clock)
     rendered: list[str] = []
     render_text = chat.render_text
 

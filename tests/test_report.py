@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from mfsi import report
+from mfsi import plots, report
 from mfsi.report import build_report
 
 FILES = [
@@ -299,9 +299,9 @@ def test_iterations_table_compares_accuracy_and_consensus_by_iteration(tmp_path)
 def test_several_seeds_draw_a_band_and_one_run_error_bars():
     from matplotlib.collections import PolyCollection
 
-    seeds = report.Line("seeds", [0, 1], [40.0, 42.0], [1.0, 1.5], (([0, 1], [39, 41]), ([0, 1], [41, 43])))
-    single = report.Line("one run", [0, 1], [40.0, 41.0], [2.2, 2.2])
-    fig = report.figure({"arithmetic": [seeds, single]}, "iteration", "accuracy")
+    seeds = plots.Line("seeds", [0, 1], [40.0, 42.0], [1.0, 1.5], (([0, 1], [39, 41]), ([0, 1], [41, 43])))
+    single = plots.Line("one run", [0, 1], [40.0, 41.0], [2.2, 2.2])
+    fig = plots.figure({"arithmetic": [seeds, single]}, "iteration", "accuracy")
     ax = fig.axes[0]
     [band] = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(39.0)  # mean - sem at iteration 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL
 
-from mfsi import console, loop, report, rundir, training
+from mfsi import console, diversity, loop, report, rundir, training
 from mfsi.console import Stopped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_sigterm_in_the_diversity_scoring_names_it(make, tmp_path, monkeypatch, 
     def scores(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(loop, "embedding_dissimilarity", scores)
+    monkeypatch.setattr(diversity, "embedding_dissimilarity", scores)
     with pytest.raises(SystemExit) as stop, console.stop_on_signals("python run.py"):
         loop.run(make("method=base", "task.n_eval=2"), tmp_path)
     assert stop.value.code == 143

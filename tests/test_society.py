@@ -12,7 +12,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mfsi.charlm import CHAT_TEMPLATE
 from mfsi.config import LoraConfig, ModelConfig
 from mfsi.errors import ConfigError
 from mfsi.society import (
@@ -24,6 +23,7 @@ from mfsi.society import (
     resolve_device,
     roles,
 )
+from mfsi.testing.charlm import CHAT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = OmegaConf.structured(LoraConfig(r=4, alpha=8, dropout=0.0))

@@ -24,10 +24,10 @@ from experiments.make_tiny_model import (
     solution,
     train,
 )
-from mfsi.charlm import build_tokenizer
 from mfsi.config import GenerationConfig
-from mfsi.generation import MfsiBackend
+from mfsi.generation import BatchedBackend
 from mfsi.tasks import Arithmetic, Problem
+from mfsi.testing.charlm import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "tiny-arith"
@@ -42,9 +42,9 @@ def shipped():
     return model, tokenizer
 
 
-def backend(model, tokenizer, **overrides) -> MfsiBackend:
+def backend(model, tokenizer, **overrides) -> BatchedBackend:
     cfg = GenerationConfig(**{**CONF["generation"], **overrides})
-    return MfsiBackend(model, tokenizer, cfg, context_length=CONF["model"]["context_length"])
+    return BatchedBackend(model, tokenizer, cfg, context_length=CONF["model"]["context_length"])
 
 
 def test_subtraction_is_written_in_easy_steps():

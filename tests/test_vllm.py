@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from mfsi import loop, rundir
 from mfsi.config import LoraConfig
-from mfsi.generation import MfsiBackend, make_backend
-from mfsi.random_models import build
+from mfsi.generation import BatchedBackend, make_backend
 from mfsi.society import Society, load_base
 from mfsi.tasks import load_task
+from mfsi.testing.random_models import build
 
 pytest.importorskip("vllm", reason="vLLM is not installed (VLLM=none, or macOS: README, Set-up)")
 vllm_backend = pytest.importorskip("mfsi.generation.vllm")
@@ -46,7 +46,7 @@ def requests(small):
 
 
 def ours(society, cfg, requests, seed=0) -> list[str]:
-    return MfsiBackend.create(cfg, society).generate(requests, seed=seed)
+    return BatchedBackend.create(cfg, society).generate(requests, seed=seed)
 
 
 def test_greedy_output_is_our_decoders_for_the_base_and_each_adapter(served_society, requests, small):
@@ -89,7 +89,7 @@ def test_one_iteration_serves_the_adapters_it_trains_as_our_decoder_does(small, 
     # same adapters (at a learning rate that changes answers): iteration 1 then differs
     # unless vLLM serves the new weights.
     runs = {}
-    for backend in ("mfsi", "vllm"):
+    for backend in ("batched", "vllm"):
         cfg = small("generation.temperature=0", "finetune.lr=0.01", f"generation.backend={backend}")
         loop.run(cfg, tmp_path / backend)
         runs[backend] = [
@@ -99,7 +99,7 @@ def test_one_iteration_serves_the_adapters_it_trains_as_our_decoder_does(small, 
             ]
             for i in (0, 1)
         ]
-    assert runs["vllm"] == runs["mfsi"]
+    assert runs["vllm"] == runs["batched"]
     assert runs["vllm"][0] != runs["vllm"][1]  # the adapters changed the answers
 
 

@@ -1,5 +1,5 @@
 """What every generation backend shares: the request type, the counters, the interface, and
-the batching of an in-process (PEFT) model that the `mfsi` and `hf` backends both drive."""
+the batching of an in-process (PEFT) model that the `batched` and `hf` backends both drive."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
-from mfsi.chat import THINK, THINK_END, Message, cut_prompt, end_ids, opens_reasoning, prompt_ids
+from mfsi.chat import THINK, THINK_END, Message, cut_prompt, end_ids, opens_reasoning, pad, prompt_ids
 from mfsi.errors import ConfigError
 from mfsi.fitting import Piece, fit
-from mfsi.society import context_length
+from mfsi.society import context_length, model_config
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,29 @@ class Stats:
     accepted: int = 0  # drafts kept: new tokens that needed no forward of their own
     by_adapter: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     largest_batch: int = 0  # rows
-    peak_cache_bytes: int = 0  # the largest KV cache a batch held (mfsi backend)
+    peak_cache_bytes: int = 0  # the largest KV cache a batch held (batched backend)
+
+    def counts(self) -> dict[str, int]:
+        """What a run directory records of a stage's generation: the cuts, then the token counts."""
+        return {
+            "cut": self.cut,
+            "cut_tokens": self.cut_tokens,
+            "truncated": self.truncated,
+            "requests": self.requests,
+            **self.tokens(),
+        }
+
+    def warn_cuts(self) -> None:
+        """Warn about the prompts that lost tokens to fit the context."""
+        if self.cut:
+            log.warning(
+                "%d prompts were too long for the context: %d tokens from the middles of other agents' "
+                "answers (or summaries) and then of their own earlier answers were cut",
+                self.cut,
+                self.cut_tokens,
+            )
+        if self.truncated:
+            log.warning("%d prompts were still too long and lost tokens from their middle", self.truncated)
 
     def tokens(self) -> dict[str, int]:
         """The token counts, named as run directories and the benchmark record them."""
@@ -65,6 +87,11 @@ class Backend:
     stats: Stats
     room: int | None = None
     opens_reasoning: bool = False
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """What this backend needs of a run (cfg: the whole run config), checked at start-up in
+        seconds, before the run directory is touched: ConfigError when it cannot serve it."""
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> Backend:
@@ -167,7 +194,7 @@ class ReasoningBudget:
     """generation.max_reasoning_tokens, the same on every local backend: a response whose
     first `tokens` new tokens leave its reasoning open (it wrote <think>, or its prompt
     opened the block: `opened`, and no </think> followed) ends there, without an answer.
-    Generation stops such a row early (mfsi: in its decode loop; hf: a stopping criterion;
+    Generation stops such a row early (batched: in its decode loop; hf: a stopping criterion;
     vllm: its rows run on) and `cut` makes every backend's output the same."""
 
     tokens: int
@@ -216,6 +243,36 @@ class LocalBackend(Backend):
     """
 
     prefill_chunk: int | None = None  # prompt positions per forward; None: the whole prompt
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """The context and the token budget against the model's config.json (not its weights),
+        and whether this backend can drive the model (`unsupported`)."""
+        config = model_config(cfg.model)
+        limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+        context = cfg.model.context_length or limit
+        if limit and context > limit:
+            raise ConfigError(
+                f"model.context_length={context}: expected at most {limit}, the max_position_embeddings "
+                f"of {cfg.model.path}"
+            )
+        if context and cfg.generation.max_new_tokens >= context:
+            raise ConfigError(
+                f"generation.max_new_tokens={cfg.generation.max_new_tokens} leaves no room for the prompt "
+                f"in the model's context of {context} tokens: expected max_new_tokens < context"
+            )
+        problem = context and config._attn_implementation and cls.unsupported(config, context)
+        if problem:
+            raise ConfigError(
+                f"generation.backend={cfg.generation.backend} cannot drive this model ({problem}): set "
+                "generation.backend=hf"
+            )
+
+    @staticmethod
+    def unsupported(config, context_length: int) -> str | None:
+        """Why this backend cannot drive a model of this config (transformers' config, with its
+        attention implementation resolved) over context_length tokens, or None."""
+        return None
 
     @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> LocalBackend:
@@ -295,12 +352,9 @@ class LocalBackend(Backend):
     ) -> list[str]:
         """New texts for (adapter name or BASE, prompt ids) rows: one adapter, or `names` per row."""
         prompts = [ids for _, ids in batch]
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        real = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
-        )
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad(prompts, pad_id, left=True).to(self.model.device)
+        real = pad([[1] * len(p) for p in prompts], 0, left=True).to(self.model.device)
         if names is None and adapter is None and hasattr(self.model, "disable_adapter"):
             with self.model.disable_adapter():
                 new = self._decode(input_ids, real, names, batch)
@@ -309,8 +363,8 @@ class LocalBackend(Backend):
                 self.model.set_adapter(adapter)
             new = self._decode(input_ids, real, names, batch)
         if self.budget:
-            new = self.budget.cut(new, pad)
-        self.stats.new_tokens += int((new != pad).sum())
+            new = self.budget.cut(new, pad_id)
+        self.stats.new_tokens += int((new != pad_id).sum())
         self.stats.by_adapter[adapter or BASE] += len(prompts)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 

@@ -86,6 +86,10 @@ class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible endpoint (module doc)."""
 
     @classmethod
+    def preflight(cls, cfg) -> None:
+        api_key(cfg.generation)  # the model is not local: nothing of it to read
+
+    @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> OpenAIBackend:
         cache = run_dir / CACHE if run_dir is not None and cfg.generation.cache else None
         return cls(

@@ -189,6 +189,11 @@ class VllmBackend(LocalBackend):
     """vLLM's engine for the requests; prompts as `LocalBackend` makes them (module doc)."""
 
     @classmethod
+    def preflight(cls, cfg) -> None:
+        super().preflight(cfg)
+        check_setup(cfg)
+
+    @classmethod
     def create(cls, cfg, society, run_dir: Path | None = None) -> VllmBackend:
         context = context_length(cfg.model, society.model)
         engine = Engine.of(cfg, context)

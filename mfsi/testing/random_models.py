@@ -1,6 +1,6 @@
 """Random-weight stand-ins for the real model families, built offline.
 
-    from mfsi.random_models import FAMILIES, build
+    from mfsi.testing.random_models import FAMILIES, build
     folder = build("llama3", tmp_path / "llama3")                  # tiny shape, seconds
     folder = build("llama3", out, shape=SHAPES["8b"], dtype=torch.bfloat16)  # a real shape
 
@@ -10,8 +10,8 @@ embeddings, Mistral, Phi-3, Phi-4-mini with partial rotary embeddings, Qwen2 wit
 q/k/v biases, Qwen3, a DeepSeek-R1 distill of Qwen2, Gemma-2, Gemma-3 with sliding-window
 layers) with random weights, its generation config (the end tokens generation stops at),
 and a small tokenizer that carries the family's real special tokens,
-bos/eos and published chat template (tests/fixtures/chat_templates, sources in the README
-there). The real tokenizers cannot be downloaded here, so each is a BPE trained in
+bos/eos and published chat template (chat_templates/ beside this module, sources in its
+README). The real tokenizers cannot be downloaded here, so each is a BPE trained in
 milliseconds on the task prompts, in the family's style: byte-level (Llama-3, Qwen, Phi-4,
 Mistral-Small-3.1's Tekken) or SentencePiece-like with a "▁" word marker (Mistral, Phi-3,
 Gemma), reasoning models with <think> and </think> as tokens of their own. For tests and
@@ -40,10 +40,9 @@ from transformers import (
     Qwen3Config,
 )
 
-from mfsi.paths import ROOT
 from mfsi.tasks import Problem, Task
 
-TEMPLATES = ROOT / "tests" / "fixtures" / "chat_templates"
+TEMPLATES = Path(__file__).resolve().parent / "chat_templates"
 
 
 @dataclass(frozen=True)

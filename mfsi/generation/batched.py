@@ -1,6 +1,6 @@
-"""generation.backend=mfsi (the default): our batched decoder on the in-process model.
+"""generation.backend=batched (the default): our batched decoder on the in-process model.
 
-    generator = MfsiBackend(model, tokenizer, cfg.generation, context_length=1024)
+    generator = BatchedBackend(model, tokenizer, cfg.generation, context_length=1024)
     texts = generator.generate([("gen0", messages), (None, other)], seed=0)
 
 Batching, adapters and prompts as in `LocalBackend`. The KV cache grows in chunks as rows
@@ -28,17 +28,6 @@ from mfsi.errors import ConfigError
 from mfsi.generation.common import LocalBackend, Request, adapter_kwargs
 
 
-def unsupported(config, context_length: int) -> str | None:
-    """Why our decoder cannot run a model, or None: it needs sdpa attention and full
-    attention over the context (its masks know no sliding window)."""
-    if config._attn_implementation != "sdpa":
-        return f"attention {config._attn_implementation}, not sdpa"
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-    if window and window < context_length:
-        return f"sliding window {window} < model.context_length {context_length}"
-    return None
-
-
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, **kwargs):
     """sdpa, except for one query position per row (a decode step) under a boolean mask in
     fp32: there two plain matmuls over the cache, about 30% faster than sdpa's kernels on the
@@ -56,7 +45,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling: float |
     return out.view(batch, heads, 1, dim).transpose(1, 2), None
 
 
-AttentionInterface.register("mfsi", decode_attention)
+AttentionInterface.register("batched", decode_attention)
 
 
 @contextmanager
@@ -70,15 +59,28 @@ def attention(model, implementation: str) -> Iterator[None]:
         config._attn_implementation = previous
 
 
-class MfsiBackend(LocalBackend):
+class BatchedBackend(LocalBackend):
     """Our decode loop over the in-process (PEFT) model; see the module doc."""
+
+    @staticmethod
+    def unsupported(config, context_length: int) -> str | None:
+        """Our decoder needs sdpa attention and full attention over the context (its masks know
+        no sliding window)."""
+        if config._attn_implementation != "sdpa":
+            return f"attention {config._attn_implementation}, not sdpa"
+        window = (
+            getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        )
+        if window and window < context_length:
+            return f"sliding window {window} < model.context_length {context_length}"
+        return None
 
     def __init__(self, model, tokenizer, cfg, context_length: int):
         super().__init__(model, tokenizer, cfg, context_length)
-        problem = unsupported(model.config, context_length)
+        problem = self.unsupported(model.config, context_length)
         if problem:
             raise ConfigError(
-                f"generation.backend=mfsi cannot drive this model ({problem}): set generation.backend=hf"
+                f"generation.backend=batched cannot drive this model ({problem}): set generation.backend=hf"
             )
         self.prefixes = Prefixes(cfg.prefix_cache_mb)
         self.prefill_chunk = cfg.prefill_chunk
@@ -97,29 +99,53 @@ class MfsiBackend(LocalBackend):
         """Our decode loop: new token ids [batch, max_new_tokens], pad after the end.
 
         The KV cache is written in place (no per-token copy) and grows by
-        generation.cache_growth positions when a row needs more, the prompt is prefilled in chunks
-        of generation.prefill_chunk positions (a big batch's activations then stay in the CPU
-        cache), from the first position that `self.prefixes` does not already hold, and
-        finished rows are dropped from the batch once a quarter of it is done. With
-        generation.lookup_tokens, a step feeds each row its last token plus drafted ones
-        (`PromptLookup`), samples a token after each, and keeps the drafts up to the first
-        that the sample after its predecessor differs from, then that sample: exactly what
-        sampling one token per step would draw. Rows then advance by different counts, and
-        each writes at its own columns. `rows` are the batch's (adapter, prompt ids), the
-        prefix store's keys.
+        generation.cache_growth positions when a row needs more; the prompts are prefilled
+        (`_prefill`), then each step feeds every row its last token (and, with
+        generation.lookup_tokens, drafted ones: `_step`) and keeps what sampling agrees with
+        (`_accept`). Finished rows are dropped from the batch once a quarter of it is done,
+        their conversations given to the prefix store. `rows` are the batch's (adapter,
+        prompt ids), the prefix store's keys.
         """
         batch, width = input_ids.shape
-        pad, device, limit = self.tokenizer.pad_token_id, input_ids.device, self.cfg.max_new_tokens
+        device, limit = input_ids.device, self.cfg.max_new_tokens
         eos = torch.tensor(self.eos_ids, device=device)
         drafter = PromptLookup(self.cfg.lookup_tokens, self.cfg.lookup_ngram, self.cfg.lookup_min_keep)
-        # visible[b, j]: row b's queries may attend to column j (not left padding, written
-        # and kept); each query also needs j <= its own column (causal).
         visible = torch.zeros(batch, width + limit + drafter.tokens, dtype=torch.bool, device=device)
         visible[:, :width] = real.bool()
         shift = width - real.sum(-1)  # left padding: a row's position is its column - shift
+        cache, logits = self._prefill(input_ids, visible, shift, names, rows)
+        new = torch.full((batch, limit), self.tokenizer.pad_token_id, device=device)
+        token = self._sample(logits)
+        new[:, 0] = token
+        length = torch.ones(batch, dtype=torch.long, device=device)
+        done = torch.isin(token, eos) | (length >= limit) | self._over_budget(new, length)
+        state = Decoding(torch.arange(batch, device=device), token, length, shift, visible, names, done)
+        while not state.done.all():
+            if state.done.sum() * 4 >= len(state.active):  # drop finished rows: copying the cache costs less
+                self._store(cache, state.active, state.done, rows, new, width, eos)
+                order = compaction(state.done)
+                state.keep(order)
+                cache.reorder(order)
+            drafts, sampled, columns = self._step(state, input_ids, new, cache, drafter)
+            self._accept(state, drafts, sampled, columns, new, drafter, eos)
+        self._store(cache, state.active, state.done, rows, new, width, eos)
+        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, cache.peak)
+        return new
+
+    def _prefill(
+        self, input_ids, visible, shift, names: list[str] | None, rows: list[tuple[str, list[int]]]
+    ) -> tuple[KVBuffer, torch.Tensor]:
+        """The KV cache holding the prompts and each row's next-token logits [batch, vocab].
+
+        A prompt asked several times with the same adapter (every agent's round 1 while the
+        agents share a model) is prefilled once and its keys and values copied; the positions
+        that `self.prefixes` holds are placed, not recomputed; the rest is prefilled in chunks
+        of generation.prefill_chunk positions (a big batch's activations then stay in the CPU
+        cache).
+        """
+        batch, width = input_ids.shape
+        device = input_ids.device
         position = (torch.arange(width, device=device) - shift[:, None]).clamp(min=0)
-        # A prompt asked several times with the same adapter (every agent's round 1 while
-        # the agents share a model) is prefilled once; its keys and values are then copied.
         first, copies = unique_rows(input_ids, names)
         cache = KVBuffer(
             len(first), batch, width + self.cfg.cache_growth, visible.shape[1], self.cfg.cache_growth
@@ -134,6 +160,7 @@ class MfsiBackend(LocalBackend):
                 cache.place(row, width - len(ids), *found)
             begin = min(begin, width - len(ids) + reused)
         # Prefilling starts at the same column for every row: a row's reused positions past it are recomputed.
+        real = visible[:, :width]  # the prompt tokens, not padding
         self.stats.reused += int(real[first, :begin].sum())
         self.stats.prefilled += int(real[first, begin:].sum())
         cache.filled = begin
@@ -145,56 +172,71 @@ class MfsiBackend(LocalBackend):
         if len(first) < batch:
             cache.reorder(copies)
             logits = logits[copies]
-        new = torch.full((batch, limit), pad, device=device)
-        token = self._sample(logits[:, -1])  # the last token sampled, not yet in the cache
-        new[:, 0] = token
-        length = torch.ones(batch, dtype=torch.long, device=device)  # tokens sampled per row
-        active = torch.arange(batch, device=device)  # the batch rows still generating
-        done = torch.isin(token, eos) | (length >= limit) | self._over_budget(new, length)
-        while not done.all():
-            if done.sum() * 4 >= len(active):  # drop finished rows: copying the cache costs less
-                self._store(cache, active, done, rows, new, width, eos)
-                order = compaction(done)
-                active, token, length, shift, visible = (
-                    x[order] for x in (active, token, length, shift, visible)
-                )
-                names = [names[i] for i in order.tolist()] if names is not None else None
-                cache.reorder(order)
-                done = torch.zeros(len(active), dtype=torch.bool, device=device)
-            k = drafter.length()
-            drafts = drafter.drafts(torch.cat([input_ids, new], 1)[active], width + length, k) if k else None
-            steps = token[:, None] if drafts is None else torch.cat([token[:, None], drafts.clamp(min=0)], 1)
-            offsets = torch.arange(steps.shape[1], device=device)
-            columns = width + length[:, None] - 1 + offsets
-            fed = torch.arange(len(active), device=device)[:, None].expand_as(columns)
-            visible[fed, columns] = True
-            mask = visible[:, None, None, : int(columns.max()) + 1]
-            if drafts is not None:  # causal among this step's own tokens
-                mask = mask & (torch.arange(mask.shape[-1], device=device) <= columns[..., None])[:, None]
-            if drafter.tokens:  # rows advance by different counts: each writes at its own column
-                cache.columns = columns
-            logits = self._forward(steps, mask, columns - shift[:, None], cache, names, keep=steps.shape[1])
-            sampled = self._sample(logits.flatten(0, 1)).view(steps.shape)
-            # Keep the drafts that sampling agrees with, then its first other token.
-            agreed = torch.zeros_like(length)
-            if drafts is not None:
-                agreed = (sampled[:, :-1] == drafts).cumprod(-1).sum(-1)
-            ended = torch.isin(sampled, eos) & (offsets <= agreed[:, None])
-            count = torch.where(ended.any(-1), ended.int().argmax(-1), agreed) + 1
-            count = torch.minimum(count, limit - length).masked_fill(done, 0)
-            if drafts is not None:
-                drafter.update(drafts[~done], agreed[~done])
-                self.stats.drafted += int((drafts[~done] >= 0).sum())
-                self.stats.accepted += int((count[~done] - 1).sum())
-            kept = offsets < count[:, None]
-            visible[fed, columns] = kept  # a draft after the first disagreement is masked again
-            new[active[:, None].expand_as(kept)[kept], (length[:, None] + offsets)[kept]] = sampled[kept]
-            length = length + count
-            token = sampled.gather(-1, (count - 1).clamp(min=0)[:, None]).squeeze(-1)
-            done |= ended.any(-1) | (length >= limit) | self._over_budget(new[active], length)
-        self._store(cache, active, done, rows, new, width, eos)
-        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, cache.peak)
-        return new
+        return cache, logits[:, -1]
+
+    def _step(
+        self, state: Decoding, input_ids, new, cache: KVBuffer, drafter: PromptLookup
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """One forward over every row: its last sampled token, then the tokens `drafter`
+        drafts for it (prompt lookup), each at its own column; (drafts [rows, k] or None,
+        a sample after each fed token [rows, 1 + k], the columns fed [rows, 1 + k])."""
+        width, device = input_ids.shape[1], input_ids.device
+        k = drafter.length()
+        drafts = None
+        if k:
+            drafts = drafter.drafts(torch.cat([input_ids, new], 1)[state.active], width + state.length, k)
+        steps = state.token[:, None]
+        if drafts is not None:
+            steps = torch.cat([steps, drafts.clamp(min=0)], 1)
+        offsets = torch.arange(steps.shape[1], device=device)
+        columns = width + state.length[:, None] - 1 + offsets
+        fed = torch.arange(len(state.active), device=device)[:, None].expand_as(columns)
+        state.visible[fed, columns] = True
+        mask = state.visible[:, None, None, : int(columns.max()) + 1]
+        if drafts is not None:  # causal among this step's own tokens
+            mask = mask & (torch.arange(mask.shape[-1], device=device) <= columns[..., None])[:, None]
+        if drafter.tokens:  # rows advance by different counts: each writes at its own column
+            cache.columns = columns
+        positions = columns - state.shift[:, None]
+        logits = self._forward(steps, mask, positions, cache, state.names, keep=steps.shape[1])
+        return drafts, self._sample(logits.flatten(0, 1)).view(steps.shape), columns
+
+    def _accept(
+        self,
+        state: Decoding,
+        drafts: torch.Tensor | None,
+        sampled: torch.Tensor,
+        columns: torch.Tensor,
+        new: torch.Tensor,
+        drafter: PromptLookup,
+        eos: torch.Tensor,
+    ) -> None:
+        """Keep each row's drafts up to the first that the sample after its predecessor
+        differs from, then that sample (exactly what sampling one token per step would draw),
+        stopping at an end token or the length limit; write them into `new`, unmask their
+        columns (a draft after the first disagreement is masked again) and advance the rows."""
+        limit, device = self.cfg.max_new_tokens, sampled.device
+        offsets = torch.arange(sampled.shape[1], device=device)
+        agreed = torch.zeros_like(state.length)
+        if drafts is not None:
+            agreed = (sampled[:, :-1] == drafts).cumprod(-1).sum(-1)
+        ended = torch.isin(sampled, eos) & (offsets <= agreed[:, None])
+        count = torch.where(ended.any(-1), ended.int().argmax(-1), agreed) + 1
+        count = torch.minimum(count, limit - state.length).masked_fill(state.done, 0)
+        if drafts is not None:
+            running = ~state.done
+            drafter.update(drafts[running], agreed[running])
+            self.stats.drafted += int((drafts[running] >= 0).sum())
+            self.stats.accepted += int((count[running] - 1).sum())
+        kept = offsets < count[:, None]
+        fed = torch.arange(len(state.active), device=device)[:, None].expand_as(columns)
+        state.visible[fed, columns] = kept
+        batch_rows, at = state.active[:, None].expand_as(kept)[kept], (state.length[:, None] + offsets)[kept]
+        new[batch_rows, at] = sampled[kept]
+        state.length = state.length + count
+        state.token = sampled.gather(-1, (count - 1).clamp(min=0)[:, None]).squeeze(-1)
+        over = self._over_budget(new[state.active], state.length)
+        state.done |= ended.any(-1) | (state.length >= limit) | over
 
     def _over_budget(self, new: torch.Tensor, length: torch.Tensor) -> torch.Tensor | bool:
         """Rows past generation.max_reasoning_tokens with their reasoning still open (`cut`
@@ -219,7 +261,7 @@ class MfsiBackend(LocalBackend):
     def _forward(self, input_ids, mask, position, cache: KVBuffer, names, keep: int = 1) -> torch.Tensor:
         """Next-token logits [batch, keep, vocab] at the last `keep` positions of input_ids,
         whose keys and values it writes: at cache.columns if set, else from cache.filled on."""
-        with attention(self.model, "mfsi"):
+        with attention(self.model, "batched"):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -242,6 +284,31 @@ class MfsiBackend(LocalBackend):
         drop[:, 0] = False
         probs[drop] = 0
         return order.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
+
+
+@dataclass
+class Decoding:
+    """The rows of a batch still in the KV cache while it decodes: row p is batch row
+    active[p], whose last sampled token (not yet in the cache) is token[p], after length[p]
+    sampled tokens; shift[p] is its left padding (its position is its column - shift);
+    visible[p, j]: its queries may attend to column j (not padding, written and kept; each
+    also needs j <= its own column: causal); names[p] its adapter in a mixed batch."""
+
+    active: torch.Tensor
+    token: torch.Tensor
+    length: torch.Tensor
+    shift: torch.Tensor
+    visible: torch.Tensor
+    names: list[str] | None
+    done: torch.Tensor
+
+    def keep(self, order: torch.Tensor) -> None:
+        """Keep the rows `order` (`compaction`: none of them done), in that order."""
+        self.active, self.token, self.length, self.shift, self.visible = (
+            x[order] for x in (self.active, self.token, self.length, self.shift, self.visible)
+        )
+        self.names = [self.names[i] for i in order.tolist()] if self.names is not None else None
+        self.done = torch.zeros(len(self.active), dtype=torch.bool, device=self.active.device)
 
 
 @dataclass
